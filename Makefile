@@ -1,0 +1,43 @@
+# rayformers: the few commands a newcomer needs. `make test` and `make quickstart` do their own setup.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch pin. On this project's CPU machines pip finds the CPU build of this pin on local disk;
+# elsewhere the same line takes PyPI's default (CUDA) build. TORCH_INDEX picks another build, e.g.
+# TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+STAMP := $(VENV)/.rayformers-installed
+
+.PHONY: setup test lint format quickstart clean
+
+setup: $(STAMP)
+
+# Torch first, alone: any unpinned resolution of torch by another package would pull a new CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_INDEX_ARG)
+	$(BIN)/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup lint
+	$(BIN)/python -m pytest tests
+
+# The data stage on the project's own sample data, offline: streamed, tokenized, previewed.
+quickstart: setup
+	$(BIN)/rayformers validate configs/text-classification/lora.yaml
+	$(BIN)/rayformers data preview configs/text-classification/lora.yaml --rows 3
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

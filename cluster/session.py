@@ -1,0 +1,67 @@
+"""The one place rayformers calls `ray.init`: an embedded local Ray, or a connection to a cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rayformers.config import ClusterConfig
+
+__all__ = ["RaySession", "connect"]
+
+
+@dataclass
+class RaySession:
+    """A Ray connection; `close()` shuts Ray down only if this session started or joined it."""
+
+    owned: bool
+    address: str | None
+
+    def cpus(self) -> float:
+        """CPUs of the whole cluster."""
+        import ray
+
+        return float(ray.cluster_resources().get("CPU", 0))
+
+    def close(self) -> None:
+        import ray
+
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _runtime_env(cluster: ClusterConfig) -> dict[str, Any]:
+    env: dict[str, Any] = {}
+    if cluster.working_dir:
+        env["working_dir"] = cluster.working_dir
+    if cluster.pip:
+        env["pip"] = list(cluster.pip)
+    # Rust tokenizers spawn threads per process; Ray already runs one process per core.
+    env["env_vars"] = {"TOKENIZERS_PARALLELISM": "false", **cluster.env_vars}
+    return env
+
+
+def connect(cluster: ClusterConfig) -> RaySession:
+    """Start or join Ray as `cluster` says. An already initialized Ray (a test session, a notebook) is
+    reused and left running."""
+    import ray
+
+    if ray.is_initialized():
+        return RaySession(owned=False, address=None)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
+    kwargs: dict[str, Any] = {"runtime_env": _runtime_env(cluster), "log_to_driver": True}
+    if cluster.address is None:
+        kwargs.update(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, include_dashboard=False)
+        # A local embedded Ray must not join some other cluster found through RAY_ADDRESS.
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        kwargs["address"] = cluster.address
+    ray.init(**kwargs)
+    return RaySession(owned=True, address=cluster.address)

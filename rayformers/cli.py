@@ -1,0 +1,205 @@
+"""The `rayformers` command: the front door. Stages are imported inside each command, so `--help`
+and `validate` start in well under a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rayformers.loading import load_config
+from rayformers.validation import ConfigError
+
+__all__ = ["main"]
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="Path of a YAML run config.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set train.learning_rate=3e-5 (repeatable).",
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(
+        f"{args.config}: OK (task {cfg.model.task}, {cfg.model.method} fine-tuning, "
+        f"{cfg.train.num_workers} worker{'s' if cfg.train.num_workers != 1 else ''})"
+    )
+    return 0
+
+
+@contextmanager
+def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The config and its lazily tokenized splits, inside a Ray session closed on the way out."""
+    from cluster import connect
+    from data.pipeline import build_tokenized
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        yield (
+            cfg,
+            build_tokenized(
+                cfg.data,
+                cfg.model.task,
+                cfg.model.tokenizer_source,
+                revision=cfg.model.revision if not cfg.model.tokenizer else None,
+                trust_remote_code=cfg.model.trust_remote_code,
+            ),
+        )
+
+
+def _print_bad_rows(bad_rows: dict[str, dict[str, Any]]) -> None:
+    for split, summary in bad_rows.items():
+        for reason, count in summary["counts"].items():
+            print(f"skipped {count} bad row{'s' if count != 1 else ''} in {split}: {reason}")
+            for example in summary["examples"].get(reason, []):
+                print(f"    e.g. {example}")
+
+
+def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from data.preview import preview
+
+    with _tokenized(args) as (_, tokenized):
+        report = preview(tokenized, args.rows)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"task: {report['task']}   max_length: {report['max_length']}")
+    if "labels" in report:
+        print(f"labels: {report['labels']}")
+    for name, split in report["splits"].items():
+        s = split["stats"]
+        print(
+            f"\n[{name}] rows {s['rows']}  tokens {s['tokens']}  mean length {s['mean_length']}  longest "
+            f"{s['longest']}  truncated {s['truncated_rows']} ({s['truncation_rate']:.1%})"
+        )
+        if s["labels"]:
+            print("  label distribution: " + ", ".join(f"{k} {v}" for k, v in s["labels"].items()))
+        for i, row in enumerate(split["rows"]):
+            extra = {k: v for k, v in row.items() if k not in ("tokens", "length")}
+            print(f"  {i}: ({row['length']} tokens) {' '.join(row['tokens'])}")
+            if extra:
+                print(f"     {json.dumps(extra, default=str)}")
+    _print_bad_rows(report["bad_rows"])
+    return 0
+
+
+def _cmd_data_tokenize(args: argparse.Namespace) -> int:
+    from data.shards import write_tokenized
+
+    with _tokenized(args) as (cfg, tokenized):
+        manifest = write_tokenized(tokenized, cfg.data, Path(args.out))
+    for split, stats in manifest.splits.items():
+        print(f"{split}: {stats.rows} rows, {stats.tokens} tokens -> {Path(args.out) / split}")
+    _print_bad_rows({s: {"counts": st.bad_rows, "examples": {}} for s, st in manifest.splits.items()})
+    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
+    from cluster import connect
+    from data.corpus import stream_texts
+    from data.tokenizer_training import train_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        texts = stream_texts(cfg.data, cfg.model.task, args.column)
+        tokenizer = train_tokenizer(
+            texts, args.out, kind=args.kind, vocab_size=args.vocab_size, model_max_length=cfg.data.max_length
+        )
+    print(f"trained a {args.kind} tokenizer with {len(tokenizer)} tokens -> {args.out}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayformers",
+        description="Fine-tune and serve Hugging Face transformers on Ray, from one YAML config.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="Check a config; list every problem at once.")
+    _add_config(validate)
+    validate.set_defaults(run=_cmd_validate)
+
+    data = commands.add_parser("data", help="Stream, tokenize and inspect a config's data.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    preview = data_commands.add_parser("preview", help="Decoded tokenized rows and statistics.")
+    _add_config(preview)
+    preview.add_argument("--rows", type=int, default=3, help="Rows to show per split (default 3).")
+    preview.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    preview.set_defaults(run=_cmd_data_preview)
+    tokenize = data_commands.add_parser("tokenize", help="Write tokenized Parquet shards and a manifest.")
+    _add_config(tokenize)
+    tokenize.add_argument("--out", required=True, help="Output directory.")
+    tokenize.set_defaults(run=_cmd_data_tokenize)
+    train_tok = data_commands.add_parser("train-tokenizer", help="Train a WordPiece or BPE tokenizer.")
+    _add_config(train_tok)
+    train_tok.add_argument("--out", required=True, help="Directory to save the tokenizer in.")
+    train_tok.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece")
+    train_tok.add_argument("--vocab-size", type=int, default=2000)
+    train_tok.add_argument(
+        "--column", default=None, help="Task column to learn from (default: the task's text)."
+    )
+    train_tok.set_defaults(run=_cmd_data_train_tokenizer)
+    return parser
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
+    from data.rows import DataError
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (DataError, ConfigError)):
+            return current
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
+
+
+def _first_line_of(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("DataError: ",):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rayformers` console script."""
+    args = _parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        found = _user_error(err)
+        if found is None:
+            raise
+        message = found.render() if isinstance(found, ConfigError) else _first_line_of(found)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
