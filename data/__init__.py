@@ -1,0 +1,1 @@
+"""The data stage: Ray Data sources, per-task preprocessing, collation."""
