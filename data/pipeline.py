@@ -1,0 +1,315 @@
+"""The streaming data pipeline: read -> records -> check + tokenize on an actor pool, all lazy.
+
+`build_tokenized` turns the `data` section into train and validation Ray Datasets of model inputs.
+Nothing is materialized: training iterates them with `iter_torch_batches`, `data tokenize` writes
+them as Parquet shards. Tokenizer actors load the tokenizer once each, and the pool is sized against
+the CPUs the cluster really has, keeping one for read tasks so the pipeline cannot starve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.data
+
+from data.records import ORIGIN, RecordSpec, prepare_records
+from data.rows import BadRows, DataError, check_rows, report_bad_rows, row_error
+from data.sources import READ_CPUS, read_source
+from data.tokenizer import load_tokenizer, tokenizer_class_path
+from rayformers.config import DataConfig, SourceConfig
+from rayformers.manifest import LabelMap, PreprocessSettings, label_key
+from rayformers.tasks import TaskSpec, get_task
+
+__all__ = ["TokenizeBatch", "TokenizedData", "build_tokenized", "to_arrow", "tokenizer_pool"]
+
+_INT_LISTS = {
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "special_tokens_mask",
+    "word_ids",
+    "pair_input_ids",
+    "pair_attention_mask",
+    "pair_token_type_ids",
+}
+
+
+def to_arrow(columns: dict[str, list[Any]]) -> pa.Table:
+    """Per-row lists as compact Arrow columns (int32 token lists; building them stays in C++)."""
+    arrays = {}
+    for name, values in columns.items():
+        if name in _INT_LISTS or (name == "labels" and values and isinstance(values[0], list)):
+            arrays[name] = pa.array(values, pa.list_(pa.int32()))
+        elif name == "offset_mapping":
+            arrays[name] = pa.array(values, pa.list_(pa.list_(pa.int32(), 2)))
+        else:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
+def tokenizer_pool(data: DataConfig, available_cpus: float) -> tuple[int, float]:
+    """(actors, CPUs per actor) that leave a CPU for read tasks on a cluster with `available_cpus`."""
+    reserve = 1.0 if available_cpus >= 2 else available_cpus / 2
+    budget = available_cpus - reserve
+    per_actor = min(data.num_cpus_per_actor, budget)
+    if data.concurrency is None:
+        return max(1, min(8, math.floor(budget / per_actor + 1e-9))), per_actor
+    needed = data.concurrency * data.num_cpus_per_actor
+    if needed > budget + 1e-9:
+        fit = max(1, math.floor(budget / data.num_cpus_per_actor + 1e-9))
+        raise DataError(
+            f"data.concurrency={data.concurrency} tokenizer actors x data.num_cpus_per_actor="
+            f"{data.num_cpus_per_actor} reserve {needed:g} CPUs, but the cluster has {available_cpus:g} free and "
+            f"read tasks need {reserve:g}: the pipeline would wait forever. Set data.concurrency to {fit}, lower "
+            "data.num_cpus_per_actor, or leave data.concurrency unset to size the pool automatically"
+        )
+    return data.concurrency, data.num_cpus_per_actor
+
+
+class TokenizeBatch:
+    """Ray Data actor: checks rows, tokenizes them with the task's function, returns Arrow columns."""
+
+    def __init__(
+        self,
+        tokenizer_source: str,
+        settings: dict[str, Any],
+        on_bad_rows: str,
+        ledger: Any = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        tokenizer_class: str | None = None,
+    ) -> None:
+        self.settings = PreprocessSettings.model_validate(settings)
+        self.task = get_task(self.settings.task)
+        self.tokenizer = load_tokenizer(
+            tokenizer_source,
+            self.task.name,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            class_path=tokenizer_class,
+        )
+        self.preprocess = self.task.load_preprocess()
+        self.on_bad_rows = on_bad_rows
+        self.ledger = ledger
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        batch = {name: table.column(name).to_pylist() for name in table.column_names}
+        origins = batch.pop(ORIGIN, [None] * n)
+        problems = check_rows(batch, self.task, self.settings, n) if n else []
+        if problems:
+            if self.on_bad_rows == "fail":
+                raise row_error(problems[0], origins[problems[0].index])
+            report_bad_rows(
+                self.ledger, [(p.reason, f"{origins[p.index] or 'row'}: {p.detail}") for p in problems]
+            )
+            dropped = {p.index for p in problems}
+            batch = {k: [v for i, v in enumerate(col) if i not in dropped] for k, col in batch.items()}
+        if not batch or not next(iter(batch.values()), None):
+            return pa.table({})
+        return to_arrow(self.preprocess(batch, self.tokenizer, self.settings, "train"))
+
+
+@dataclass
+class TokenizedData:
+    """The tokenized splits (lazy Ray Datasets) and everything needed to reproduce them."""
+
+    train: ray.data.Dataset
+    validation: ray.data.Dataset | None
+    settings: PreprocessSettings
+    tokenizer_source: str
+    ledgers: dict[str, Any] = field(default_factory=dict)
+
+    def bad_rows(self) -> dict[str, dict[str, Any]]:
+        """Skipped rows per split: {'train': {'counts': {...}, 'examples': {...}}, ...}."""
+        return {split: ray.get(ledger.summary.remote()) for split, ledger in self.ledgers.items()}
+
+
+def _records(
+    source: SourceConfig,
+    field_name: str,
+    task: TaskSpec,
+    data: DataConfig,
+    *,
+    holdout_keep: str | None,
+    ledger: Any,
+    label_names: list[str] | None = None,
+) -> tuple[ray.data.Dataset, list[str] | None]:
+    read = read_source(
+        source, field_name, task.label_column and data.columns.get(task.label_column, task.label_column)
+    )
+    spec = RecordSpec(
+        raw=read.raw,
+        columns=dict(data.columns),
+        required=task.columns,
+        optional=task.optional_columns,
+        encoding=source.encoding,
+        on_bad_rows=data.on_bad_rows,
+        holdout_fraction=data.validation_fraction if holdout_keep else 0.0,
+        holdout_keep=holdout_keep or "train",  # type: ignore[arg-type]
+        seed=data.seed,
+        field=field_name,
+    )
+    dataset = read.dataset.map_batches(
+        prepare_records,
+        batch_format="pyarrow",
+        fn_kwargs={"spec": spec, "ledger": ledger},
+        batch_size=data.batch_size,
+        num_cpus=READ_CPUS,
+    )
+    names = label_names or read.label_names
+    if names and task.label_column:
+        dataset = dataset.map_batches(
+            _name_integer_labels,
+            batch_format="pyarrow",
+            fn_kwargs={"column": task.label_column, "names": names},
+        )
+    return dataset, read.label_names
+
+
+def _name_integer_labels(table: pa.Table, column: str, names: list[str]) -> pa.Table:
+    """Hub datasets store ClassLabel ids; the recorded map speaks names."""
+    if column not in table.column_names:
+        return table
+
+    def name(v: Any) -> Any:
+        return names[v] if isinstance(v, int) and 0 <= v < len(names) else v
+
+    values = [
+        ([name(x) for x in v] if isinstance(v, list) else name(v)) for v in table.column(column).to_pylist()
+    ]
+    return table.set_column(table.column_names.index(column), column, pa.array(values))
+
+
+def _derive_labels(dataset: ray.data.Dataset, task: TaskSpec) -> LabelMap:
+    """The label map of the training split, from one streaming pass over its label column."""
+    column = task.label_column
+    assert column is not None
+    seen: set[str] = set()
+    for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow", batch_size=4096):
+        for value in table.column(column).to_pylist():
+            if task.label_kind == "token" and isinstance(value, list):
+                seen.update(label_key(v) for v in value if v is not None)
+            elif value is not None and not isinstance(value, list):
+                seen.add(label_key(value))
+    if not seen:
+        raise DataError(
+            "data.train: no labelled rows were found, so there is no label map; check the label column "
+            "(data.columns) and the source"
+        )
+    return LabelMap.from_values(seen)
+
+
+def build_tokenized(
+    data: DataConfig,
+    task_name: str,
+    tokenizer_source: str,
+    *,
+    available_cpus: float | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    labels: LabelMap | None = None,
+) -> TokenizedData:
+    """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded."""
+    if data.tokenized is not None:
+        from data.shards import read_tokenized
+
+        return read_tokenized(data, task_name, tokenizer_source)
+    task = get_task(task_name)
+    # Surface a row's DataError itself (with its fix), not Ray's generic "UDF failed" wrapper.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    ledgers = {"train": _ledger()}
+    held_out = data.validation is None and data.validation_fraction > 0
+    train, hub_names = _records(
+        data.train,
+        "data.train",
+        task,
+        data,
+        holdout_keep="train" if held_out else None,
+        ledger=ledgers["train"],
+    )
+    if data.limit is not None:
+        train = train.limit(data.limit)
+    validation = None
+    if data.validation is not None or held_out:
+        ledgers["validation"] = _ledger()
+        validation, _ = _records(
+            data.validation or data.train,
+            "data.validation" if data.validation else "data.train",
+            task,
+            data,
+            holdout_keep="validation" if held_out else None,
+            ledger=ledgers["validation"],
+            label_names=hub_names,
+        )
+    if labels is None and task.label_column is not None:
+        if data.labels is not None:
+            labels = LabelMap(names=list(data.labels))
+        elif hub_names is not None:
+            labels = LabelMap(names=hub_names)
+        else:
+            labels = _derive_labels(
+                _records(
+                    data.train,
+                    "data.train",
+                    task,
+                    data,
+                    holdout_keep="train" if held_out else None,
+                    ledger=None,
+                )[0],
+                task,
+            )
+        required = task.extra.get("required_label")
+        if required and required not in labels.names:
+            raise DataError(
+                f"task {task.name} needs a {required!r} label, but the labels are {labels.names}; "
+                "train it on NLI data (entailment, neutral, contradiction) or map your labels"
+            )
+    settings = PreprocessSettings.from_config(data, task_name, labels)
+    # Loading once on the driver fails fast on a bad tokenizer, before any actor starts.
+    tokenizer_class = tokenizer_class_path(
+        load_tokenizer(tokenizer_source, task_name, revision=revision, trust_remote_code=trust_remote_code)
+    )
+    # Free CPUs, not the cluster's total: whatever else holds CPUs (training workers, a pipeline still
+    # shutting down) must not leave the read stage without one.
+    cpus = available_cpus if available_cpus is not None else float(ray.available_resources().get("CPU", 0.0))
+    if cpus <= 0:
+        raise DataError(
+            "no free CPU on the Ray cluster for tokenization: every CPU is reserved (by "
+            f"{ray.cluster_resources().get('CPU', 0):g} in total); free some or add nodes"
+        )
+    actors, cpus_per_actor = tokenizer_pool(data, cpus)
+
+    def tokenize(dataset: ray.data.Dataset, split: str) -> ray.data.Dataset:
+        return dataset.map_batches(
+            TokenizeBatch,
+            batch_format="pyarrow",
+            batch_size=data.batch_size,
+            concurrency=actors,
+            num_cpus=cpus_per_actor,
+            fn_constructor_kwargs={
+                "tokenizer_source": tokenizer_source,
+                "settings": settings.model_dump(mode="json"),
+                "on_bad_rows": data.on_bad_rows,
+                "ledger": ledgers[split],
+                "revision": revision,
+                "trust_remote_code": trust_remote_code,
+                "tokenizer_class": tokenizer_class,
+            },
+        )
+
+    return TokenizedData(
+        train=tokenize(train, "train"),
+        validation=tokenize(validation, "validation") if validation is not None else None,
+        settings=settings,
+        tokenizer_source=tokenizer_source,
+        ledgers=ledgers,
+    )
+
+
+def _ledger() -> Any:
+    return ray.remote(num_cpus=0)(BadRows).remote()

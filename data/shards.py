@@ -1,0 +1,114 @@
+"""Tokenized Parquet shards on disk: written once by `rayformers data tokenize`, reused by later runs
+when their manifest matches the config (same task, tokenizer, lengths and labels)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ray
+import ray.data
+
+from data.rows import DataError
+from data.stats import summarize
+from data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rayformers.config import DataConfig
+from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats
+
+if TYPE_CHECKING:
+    from data.pipeline import TokenizedData
+
+__all__ = ["read_tokenized", "write_tokenized"]
+
+_VERSIONED = ("rayformers", "ray", "transformers", "tokenizers", "datasets", "torch", "pyarrow")
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> DataManifest:
+    """Write each split as Parquet shards under `out/<split>/` and `out/manifest.json`."""
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"--out {str(out)!r} is not empty; choose a new directory (shards are never mixed)")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = tokenized.settings
+    splits = {}
+    columns: list[str] = []
+    bad = tokenized.bad_rows  # read after writing: the ledgers fill while the pipeline runs
+    for name, dataset in (("train", tokenized.train), ("validation", tokenized.validation)):
+        if dataset is None:
+            continue
+        dataset.write_parquet(str(out / name))
+        written = ray.data.read_parquet(str(out / name))
+        columns = columns or list(written.columns())
+        summary, _ = summarize(written, settings)
+        if summary.rows == 0:
+            raise DataError(f"data.{name}: no rows are left after reading and filtering; check the source")
+        splits[name] = summary
+    skipped = bad()
+    manifest = DataManifest(
+        source=data.model_dump(mode="json"),
+        tokenizer=tokenized.tokenizer_source,
+        tokenizer_hash=tokenizer_fingerprint(load_tokenizer(tokenized.tokenizer_source, settings.task)),
+        preprocessing=settings,
+        splits={
+            name: SplitStats(
+                rows=s.rows,
+                tokens=s.tokens,
+                truncated_rows=s.truncated,
+                labels=dict(s.labels),
+                bad_rows=skipped.get(name, {}).get("counts", {}),
+            )
+            for name, s in splits.items()
+        },
+        columns=columns,
+        versions=_versions(),
+    )
+    manifest.write(out)
+    return manifest
+
+
+def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> TokenizedData:
+    """The shards in `data.tokenized`, after checking they were made the way this config asks."""
+    from data.pipeline import TokenizedData
+
+    assert data.tokenized is not None
+    directory = Path(data.tokenized)
+    try:
+        manifest = DataManifest.read(directory)
+    except FileNotFoundError:
+        raise DataError(
+            f"data.tokenized: {str(directory)!r} has no manifest.json; point it at a directory written by "
+            "`rayformers data tokenize`"
+        ) from None
+    recorded = manifest.preprocessing
+    wanted = PreprocessSettings.from_config(data, task, recorded.labels)
+    if data.labels is not None and recorded.labels is not None and list(data.labels) != recorded.labels.names:
+        wanted = wanted.model_copy(update={"labels": None})
+    differences = [
+        f"{key}: shards have {getattr(recorded, key)!r}, config asks {getattr(wanted, key)!r}"
+        for key in PreprocessSettings.model_fields
+        if getattr(recorded, key) != getattr(wanted, key)
+    ]
+    if tokenizer_fingerprint(load_tokenizer(tokenizer_source, task)) != manifest.tokenizer_hash:
+        differences.append(f"tokenizer: shards were made with {manifest.tokenizer!r}, a different tokenizer")
+    if differences:
+        raise DataError(
+            f"data.tokenized: {str(directory)!r} does not match this config ({'; '.join(differences)}). "
+            "Re-run `rayformers data tokenize` or unset data.tokenized"
+        )
+    validation = directory / "validation"
+    return TokenizedData(
+        train=ray.data.read_parquet(str(directory / "train")),
+        validation=ray.data.read_parquet(str(validation)) if validation.exists() else None,
+        settings=recorded,
+        tokenizer_source=tokenizer_source,
+    )

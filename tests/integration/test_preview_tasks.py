@@ -1,0 +1,62 @@
+"""`data preview` on the project's sample set of every task, through the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.pipeline import build_tokenized
+from data.preview import preview
+from rayformers.loading import load_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = ["text-classification/full.yaml", "text-classification/pair.yaml"] + [
+    f"{task}/full.yaml"
+    for task in (
+        "token-classification", "question-answering", "fill-mask", "text-generation",
+        "summarization", "translation", "zero-shot-classification", "feature-extraction",
+    )
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)  # the shipped configs name paths relative to the repository
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_preview_of_every_task(name):
+    cfg = load_config(REPO / "configs" / name, ["data.limit=64", "data.batch_size=64"])
+    tokenized = build_tokenized(cfg.data, cfg.model.task, cfg.model.tokenizer_source)
+    report = preview(tokenized, rows=2)
+    train, validation = report["splits"]["train"], report["splits"]["validation"]
+    assert (
+        train["stats"]["rows"] >= 64 if cfg.model.task == "question-answering" else train["stats"]["rows"] > 0
+    )
+    assert validation["stats"]["rows"] > 0
+    assert report["bad_rows"] == {s: {"counts": {}, "examples": {}} for s in ("train", "validation")}
+    row = train["rows"][0]
+    assert row["tokens"] and row["length"] == len(row["tokens"]) <= cfg.data.max_length
+    task = cfg.model.task
+    if task == "text-classification":
+        expected = {"negative", "positive"} if "full" in name else {"different", "paraphrase"}
+        assert set(report["labels"]) == expected == set(train["stats"]["labels"])
+        assert row["label"] in expected and row["tokens"][0] == "[CLS]"
+        if "pair" in name:
+            assert row["tokens"].count("[SEP]") == 2
+    elif task == "token-classification":
+        assert {"B-PER", "I-PER", "O"} <= set(report["labels"])
+        assert len(row["labels"]) == row["length"] and row["labels"][0] is None
+    elif task == "question-answering":
+        answers = [r["answer"] for r in train["rows"]]
+        assert all(a is None or a.strip() for a in answers)
+    elif task == "text-generation":
+        assert train["stats"]["longest"] == cfg.data.max_length  # packed into full blocks
+    elif task in ("summarization", "translation"):
+        assert row["target"].strip()
+    elif task == "zero-shot-classification":
+        assert set(report["labels"]) == {"contradiction", "entailment", "neutral"}
+    elif task == "feature-extraction":
+        assert row["pair_tokens"][0] == "[CLS]"

@@ -1,0 +1,85 @@
+"""Dynamic padding and MLM masking, on the inputs both training (NumPy object arrays from Ray Data)
+and serving (Python lists) hand the collators."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.collate import MaskingCollator, PaddingCollator, build_collator
+from data.preprocess import IGNORE_INDEX
+
+
+def ragged(*rows):
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = np.asarray(row, dtype=np.int32)
+    return out
+
+
+def test_pads_to_longest_row_of_the_batch():
+    batch = {
+        "input_ids": ragged([5, 6, 7], [8]),
+        "attention_mask": ragged([1, 1, 1], [1]),
+        "labels": np.array([1, 0]),
+    }
+    out = PaddingCollator(pad_token_id=0)(batch)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert out["labels"].tolist() == [1, 0]
+    assert out["input_ids"].dtype == torch.int64
+
+
+def test_pads_to_a_multiple_and_ignores_non_model_columns():
+    batch = {
+        "input_ids": [[1, 2, 3]],
+        "attention_mask": [[1, 1, 1]],
+        "truncated": [False],
+        "offset_mapping": [[(0, 1)]],
+    }
+    out = PaddingCollator(pad_token_id=9, pad_to_multiple_of=8)(batch)
+    assert out["input_ids"].tolist() == [[1, 2, 3, 9, 9, 9, 9, 9]]
+    assert set(out) == {"input_ids", "attention_mask"}
+
+
+def test_sequence_labels_pad_with_ignore_index():
+    out = PaddingCollator(0)(
+        {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]], "labels": [[4, 5, 6], [7]]}
+    )
+    assert out["labels"].tolist() == [[4, 5, 6], [7, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_causal_lm_labels_are_inputs_with_padding_ignored():
+    out = PaddingCollator(2, causal_lm=True)(
+        {"input_ids": [[4, 5, 2], [6]], "attention_mask": [[1, 1, 1], [1]]}
+    )
+    assert out["labels"].tolist() == [[4, 5, 2], [6, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_masking_masks_only_ordinary_tokens_and_labels_only_masked_positions():
+    rows = 64
+    ids = [[2, *range(10, 40), 3] for _ in range(rows)]
+    special = [[1, *([0] * 30), 1] for _ in range(rows)]
+    batch = {"input_ids": ids, "attention_mask": [[1] * 32] * rows, "special_tokens_mask": special}
+    out = MaskingCollator(pad_token_id=0, mask_token_id=4, vocab_size=50, mlm_probability=0.15, seed=0)(batch)
+    labels, inputs = out["labels"], out["input_ids"]
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()
+    rate = chosen[:, 1:-1].float().mean().item()
+    assert 0.11 < rate < 0.19
+    original = torch.tensor(ids)
+    assert torch.equal(labels[chosen], original[chosen])
+    assert torch.equal(inputs[~chosen], original[~chosen])
+    masked_share = (inputs[chosen] == 4).float().mean().item()
+    assert 0.7 < masked_share < 0.9
+    assert "special_tokens_mask" not in out
+
+
+def test_build_collator_follows_the_registry(wordpiece_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(wordpiece_dir)
+    assert type(build_collator("fill-mask", tok)) is MaskingCollator
+    causal = build_collator("text-generation", tok)
+    assert type(causal) is PaddingCollator and causal.causal_lm
+    assert not build_collator("text-classification", tok).causal_lm
