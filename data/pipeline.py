@@ -17,7 +17,7 @@ import ray
 import ray.data
 
 from data.records import ORIGIN, RecordSpec, prepare_records
-from data.rows import BadRows, DataError, check_rows, report_bad_rows, row_error
+from data.rows import DataError, SharedLedger, check_rows, report_bad_rows, row_error
 from data.sources import READ_CPUS, read_source
 from data.tokenizer import load_tokenizer, tokenizer_class_path
 from rayformers.config import DataConfig, SourceConfig
@@ -126,7 +126,7 @@ class TokenizedData:
 
     def bad_rows(self) -> dict[str, dict[str, Any]]:
         """Skipped rows per split: {'train': {'counts': {...}, 'examples': {...}}, ...}."""
-        return {split: ray.get(ledger.summary.remote()) for split, ledger in self.ledgers.items()}
+        return {split: ledger.summary() for split, ledger in self.ledgers.items()}
 
 
 def _records(
@@ -222,7 +222,7 @@ def build_tokenized(
     task = get_task(task_name)
     # Surface a row's DataError itself (with its fix), not Ray's generic "UDF failed" wrapper.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    ledgers = {"train": _ledger()}
+    ledgers = {"train": SharedLedger.new()}
     held_out = data.validation is None and data.validation_fraction > 0
     train, hub_names = _records(
         data.train,
@@ -236,7 +236,7 @@ def build_tokenized(
         train = train.limit(data.limit)
     validation = None
     if data.validation is not None or held_out:
-        ledgers["validation"] = _ledger()
+        ledgers["validation"] = SharedLedger.new()
         validation, _ = _records(
             data.validation or data.train,
             "data.validation" if data.validation else "data.train",
@@ -274,14 +274,8 @@ def build_tokenized(
     tokenizer_class = tokenizer_class_path(
         load_tokenizer(tokenizer_source, task_name, revision=revision, trust_remote_code=trust_remote_code)
     )
-    # Free CPUs, not the cluster's total: whatever else holds CPUs (training workers, a pipeline still
-    # shutting down) must not leave the read stage without one.
-    cpus = available_cpus if available_cpus is not None else float(ray.available_resources().get("CPU", 0.0))
-    if cpus <= 0:
-        raise DataError(
-            "no free CPU on the Ray cluster for tokenization: every CPU is reserved (by "
-            f"{ray.cluster_resources().get('CPU', 0):g} in total); free some or add nodes"
-        )
+    # The cluster's CPUs, or what a caller knows is left (training passes its total less its workers').
+    cpus = available_cpus if available_cpus is not None else float(ray.cluster_resources().get("CPU", 1.0))
     actors, cpus_per_actor = tokenizer_pool(data, cpus)
 
     def tokenize(dataset: ray.data.Dataset, split: str) -> ray.data.Dataset:
@@ -309,7 +303,3 @@ def build_tokenized(
         tokenizer_source=tokenizer_source,
         ledgers=ledgers,
     )
-
-
-def _ledger() -> Any:
-    return ray.remote(num_cpus=0)(BadRows).remote()

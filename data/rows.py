@@ -16,7 +16,7 @@ from typing import Any
 from rayformers.manifest import PreprocessSettings, label_key
 from rayformers.tasks import TaskSpec
 
-__all__ = ["BadRows", "DataError", "RowProblem", "check_rows", "report_bad_rows", "row_error"]
+__all__ = ["BadRows", "DataError", "RowProblem", "SharedLedger", "check_rows", "report_bad_rows", "row_error"]
 
 _FIX_SKIP = "fix the row, or set data.on_bad_rows: skip to drop such rows (they are counted and reported)"
 
@@ -152,18 +152,70 @@ class BadRows:
         return sum(self.counts.values())
 
 
-def report_bad_rows(ledger: Any, entries: list[tuple[str, str]]) -> None:
-    """Record skipped rows in `ledger`: a `BadRows`, or a Ray actor of one.
+class _LedgerBook:
+    """One Ray actor per cluster holding every pipeline's `BadRows`, keyed by ledger id: starting an
+    actor per pipeline cost more than the pipelines themselves on small machines."""
 
-    The actor call is awaited: a fire-and-forget call could land after the driver has read the
-    summary, and a skipped row would go uncounted.
-    """
-    if ledger is None or not entries:
-        return
-    method = ledger.record_many
-    if hasattr(method, "remote"):
+    def __init__(self) -> None:
+        self.ledgers: dict[str, BadRows] = {}
+
+    def record_many(self, ledger_id: str, entries: list[tuple[str, str]]) -> None:
+        self.ledgers.setdefault(ledger_id, BadRows()).record_many(entries)
+
+    def summary(self, ledger_id: str) -> dict[str, Any]:
+        return self.ledgers.get(ledger_id, BadRows()).summary()
+
+
+_BOOK_NAME, _BOOK_NAMESPACE = "rayformers-bad-rows", "rayformers"
+# The driver's own handle, per Ray job, keeps the book alive while the driver runs: a named actor dies
+# when its creator drops its handle, whoever else still looks it up by name.
+_book_handles: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class SharedLedger:
+    """A picklable handle on one `BadRows` kept in the cluster's ledger book; usable from any task."""
+
+    ledger_id: str
+
+    @classmethod
+    def new(cls) -> SharedLedger:
+        """A fresh ledger; call it on the driver, which then owns the book."""
+        import uuid
+
         import ray
 
-        ray.get(method.remote(entries))
-    else:
-        method(entries)
+        job = ray.get_runtime_context().get_job_id()
+        if job not in _book_handles:
+            handle = (
+                ray.remote(num_cpus=0)(_LedgerBook)
+                .options(name=_BOOK_NAME, namespace=_BOOK_NAMESPACE, get_if_exists=True)
+                .remote()
+            )
+            ray.get(handle.__ray_ready__.remote())  # registered by name before any task looks it up
+            _book_handles[job] = handle
+        return cls(uuid.uuid4().hex)
+
+    @staticmethod
+    def _book() -> Any:
+        import ray
+
+        own = _book_handles.get(ray.get_runtime_context().get_job_id())
+        return own if own is not None else ray.get_actor(_BOOK_NAME, namespace=_BOOK_NAMESPACE)
+
+    def record_many(self, entries: list[tuple[str, str]]) -> None:
+        import ray
+
+        # Awaited: a fire-and-forget call could land after the driver read the summary.
+        ray.get(self._book().record_many.remote(self.ledger_id, entries))
+
+    def summary(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self._book().summary.remote(self.ledger_id))  # type: ignore[no-any-return]
+
+
+def report_bad_rows(ledger: BadRows | SharedLedger | None, entries: list[tuple[str, str]]) -> None:
+    """Record skipped rows in `ledger` (a local `BadRows` or a `SharedLedger`)."""
+    if ledger is not None and entries:
+        ledger.record_many(entries)

@@ -3,7 +3,6 @@ when their manifest matches the config (same task, tokenizer, lengths and labels
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,24 +13,12 @@ from data.rows import DataError
 from data.stats import summarize
 from data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.config import DataConfig
-from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats
+from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
 
 if TYPE_CHECKING:
     from data.pipeline import TokenizedData
 
 __all__ = ["read_tokenized", "write_tokenized"]
-
-_VERSIONED = ("rayformers", "ray", "transformers", "tokenizers", "datasets", "torch", "pyarrow")
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> DataManifest:
@@ -70,7 +57,7 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> Da
             for name, s in splits.items()
         },
         columns=columns,
-        versions=_versions(),
+        versions=package_versions(),
     )
     manifest.write(out)
     return manifest

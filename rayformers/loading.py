@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from rayformers.config import SECTIONS, RunConfig
 from rayformers.validation import ConfigError, ConfigIssue, cross_section_issues, issues_from_pydantic
 
-__all__ = ["apply_overrides", "load_config", "parse_override", "validate_mapping"]
+__all__ = ["absolutize", "apply_overrides", "load_config", "parse_override", "validate_mapping"]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -99,6 +100,32 @@ def validate_mapping(raw: Any, source: str = "<config>") -> RunConfig:
     return RunConfig(**sections)  # type: ignore[arg-type]
 
 
+def _absolute(value: str | None, must_exist: bool = True) -> str | None:
+    if value is None or "://" in value or os.path.isabs(value):
+        return value
+    if must_exist and not os.path.exists(value):
+        return value  # a hub id, not a local path
+    return os.path.abspath(value)
+
+
+def absolutize(cfg: RunConfig) -> RunConfig:
+    """Local relative paths made absolute against the current directory: Ray workers run elsewhere."""
+    model = cfg.model
+    scratch = model.from_scratch
+    if scratch is not None:
+        scratch = scratch.model_copy(update={"tokenizer": _absolute(scratch.tokenizer)})
+    model = model.model_copy(
+        update={
+            "name": _absolute(model.name),
+            "tokenizer": _absolute(model.tokenizer),
+            "from_scratch": scratch,
+        }
+    )
+    train = cfg.train.model_copy(update={"storage_path": _absolute(cfg.train.storage_path, must_exist=False)})
+    data = cfg.data.model_copy(update={"tokenized": _absolute(cfg.data.tokenized)})
+    return cfg.model_copy(update={"model": model, "train": train, "data": data})
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     """Read, override and validate the YAML run config at `path`."""
     path = Path(path)
@@ -126,4 +153,4 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
             raw = apply_overrides(raw, overrides)
         except ValueError as err:
             raise ConfigError(source, [ConfigIssue("--set", str(err), "fix the override")]) from None
-    return validate_mapping(raw, source)
+    return absolutize(validate_mapping(raw, source))
