@@ -121,6 +121,19 @@ def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cluster import connect
+    from training.trainer import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        result = run_training(cfg)
+    print(f"best metrics: {json.dumps(result.best_metrics, default=str)}")
+    print(f"run summary: {result.summary_path}")
+    print(result.best_checkpoint)  # the last line on stdout: scripts read the checkpoint from here
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayformers",
@@ -131,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="Check a config; list every problem at once.")
     _add_config(validate)
     validate.set_defaults(run=_cmd_validate)
+
+    train = commands.add_parser("train", help="Fine-tune on Ray Train; prints the best checkpoint last.")
+    _add_config(train)
+    train.set_defaults(run=_cmd_train)
 
     data = commands.add_parser("data", help="Stream, tokenize and inspect a config's data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -158,6 +175,8 @@ def _parser() -> argparse.ArgumentParser:
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
     from data.rows import DataError
+    from training.model import ModelError
+    from training.trainer import ResourceError
 
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
@@ -166,7 +185,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (DataError, ConfigError)):
+        if isinstance(current, (DataError, ConfigError, ModelError, ResourceError)):
             return current
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayformers.config import DataConfig
 from rayformers.tasks import TaskName
 
-__all__ = ["DataManifest", "LabelMap", "PreprocessSettings", "label_key"]
+__all__ = [
+    "CHECKPOINT_MANIFEST",
+    "CheckpointManifest",
+    "DataManifest",
+    "LabelMap",
+    "PreprocessSettings",
+    "label_key",
+]
+
+
+_VERSIONED = ("rayformers", "ray", "torch", "transformers", "peft", "tokenizers", "datasets", "pyarrow")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide how data is tokenized and models behave."""
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 class _Record(BaseModel):
@@ -128,3 +150,40 @@ class DataManifest(_Record):
     def read(cls, directory: str | Path) -> DataManifest:
         path = Path(directory) / "manifest.json"
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+CHECKPOINT_MANIFEST = "rayformers.json"
+
+
+class CheckpointManifest(_Record):
+    """`rayformers.json` in every checkpoint: how serving must use it, without guessing."""
+
+    kind: Literal["rayformers.checkpoint"] = "rayformers.checkpoint"
+    format_version: int = 1
+    task: TaskName
+    method: Literal["full", "lora"] = Field(description="Full weights, or a LoRA adapter over `base_model`.")
+    base_model: str = Field(
+        description="Hub id or path of the base model; for a LoRA adapter over a model built from scratch, "
+        "'base_model' (the sub-directory that holds it)."
+    )
+    base_revision: str | None = None
+    architecture: str = Field(description="The transformers model type, e.g. 'bert'.")
+    auto_model: str = Field(description="The Auto class that loads the weights.")
+    preprocessing: PreprocessSettings
+    pooling: Literal["mean", "cls"] | None = Field(default=None, description="Feature extraction pooling.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Evaluation metrics at this checkpoint."
+    )
+    step: int = 0
+    epoch: int = 0
+    data_fingerprint: str = Field(description="sha256 of the data and preprocessing config.")
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / CHECKPOINT_MANIFEST
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, directory: str | Path) -> CheckpointManifest:
+        return cls.model_validate_json((Path(directory) / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))

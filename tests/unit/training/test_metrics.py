@@ -1,0 +1,53 @@
+"""Offline metrics agree with the definitions the hub's evaluate scripts use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.metrics import (
+    bleu_metrics,
+    classification_metrics,
+    perplexity,
+    qa_metrics,
+    recall_at_1,
+    rouge_metrics,
+    sequence_labeling_metrics,
+)
+
+
+def test_classification_accuracy_and_f1():
+    m = classification_metrics([1, 1, 0, 0], [1, 0, 0, 0], num_labels=2)
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 / 3)  # F1 of the positive class
+    macro = classification_metrics([0, 1, 2, 2], [0, 1, 2, 1], num_labels=3)
+    assert macro["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_seqeval_is_entity_level():
+    refs = [["B-PER", "I-PER", "O", "B-LOC"]]
+    m = sequence_labeling_metrics(
+        [["B-PER", "O", "O", "B-LOC"]], refs
+    )  # the person is cut short: wrong entity
+    assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["accuracy"] == 0.75
+
+
+def test_squad_exact_match_and_f1_normalize_articles_and_punctuation():
+    m = qa_metrics(["The Eiffel tower.", "in paris"], [["Eiffel Tower"], ["Paris", "France"]])
+    assert m["exact_match"] == 50.0
+    assert m["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+
+def test_rouge_and_bleu():
+    assert rouge_metrics(["the cat sat"], ["the cat sat"])["rougeL"] == pytest.approx(1.0)
+    assert rouge_metrics(["a dog"], ["the cat sat"])["rouge1"] == 0.0
+    assert bleu_metrics(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"] == pytest.approx(
+        100.0
+    )
+    assert bleu_metrics(["dog"], ["the cat sat on the mat"])["bleu"] < 1.0
+
+
+def test_perplexity_and_retrieval():
+    assert perplexity(total_loss=2 * np.log(4.0), tokens=2)["perplexity"] == pytest.approx(4.0)
+    a = np.eye(3)
+    assert recall_at_1(a, a + 0.1)["recall_at_1"] == 1.0
+    assert recall_at_1(a, a[[1, 2, 0]])["recall_at_1"] == 0.0

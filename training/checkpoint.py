@@ -1,0 +1,82 @@
+"""Checkpoint directories: what `save_pretrained` writes (safetensors), the tokenizer, the
+`rayformers.json` manifest, a model card, and the optimizer state a resumed run continues from."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rayformers.manifest import CheckpointManifest
+
+__all__ = ["TRAINING_STATE", "load_training_state", "write_checkpoint"]
+
+TRAINING_STATE = "training_state.pt"
+BASE_MODEL_DIR = "base_model"
+
+
+def _card(manifest: CheckpointManifest, hyperparameters: dict[str, Any]) -> str:
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(manifest.metrics.items())) or "| - | - |"
+    labels = manifest.preprocessing.labels.names if manifest.preprocessing.labels else None
+    return f"""---
+library_name: {"peft" if manifest.method == "lora" else "transformers"}
+pipeline_tag: {manifest.task}
+tags: [rayformers]
+---
+
+# {manifest.task} ({manifest.method} fine-tuning of `{manifest.base_model}`)
+
+Trained with rayformers on Ray Train. Step {manifest.step}, epoch {manifest.epoch}.
+
+## Metrics (validation split)
+
+| metric | value |
+| --- | --- |
+{metrics}
+
+## Data and preprocessing
+
+- max length: {manifest.preprocessing.max_length}; labels: {labels}
+- data fingerprint: `{manifest.data_fingerprint}`
+
+## Hyperparameters
+
+```json
+{json.dumps(hyperparameters, indent=2, default=str)}
+```
+
+## Use
+
+```bash
+rayformers serve --checkpoint <this directory>
+```
+"""
+
+
+def write_checkpoint(
+    directory: Path,
+    model: Any,
+    tokenizer: Any,
+    manifest: CheckpointManifest,
+    hyperparameters: dict[str, Any],
+    training_state: dict[str, Any],
+    base_model_dir: Path | None = None,
+) -> Path:
+    """Write a complete checkpoint into `directory` (rank 0 only)."""
+    core = model.module if hasattr(model, "module") else model
+    directory.mkdir(parents=True, exist_ok=True)
+    core.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if base_model_dir is not None:
+        shutil.copytree(base_model_dir, directory / BASE_MODEL_DIR, dirs_exist_ok=True)
+    manifest.write(directory)
+    (directory / "README.md").write_text(_card(manifest, hyperparameters), encoding="utf-8")
+    torch.save(training_state, directory / TRAINING_STATE)
+    return directory
+
+
+def load_training_state(directory: Path) -> dict[str, Any]:
+    return torch.load(directory / TRAINING_STATE, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]

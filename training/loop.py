@@ -1,0 +1,258 @@
+"""The one training loop every task and both methods share: it runs on each Ray Train worker."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from rayformers.config import RunConfig
+from rayformers.manifest import CheckpointManifest, PreprocessSettings
+
+__all__ = ["LoopConfig", "train_loop_per_worker"]
+
+
+class LoopConfig(BaseModel):
+    """What each worker receives: the validated run config plus what the driver derived."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunConfig
+    settings: PreprocessSettings
+    train_rows: int
+    data_fingerprint: str
+    has_validation: bool
+
+
+def _precision(run: RunConfig) -> torch.dtype | None:
+    """The autocast dtype: off on CPU; bf16 where the GPU supports it, else fp16 (with a scaler)."""
+    train = run.train
+    if not train.use_gpu or train.mixed_precision == "no":
+        return None
+    if train.mixed_precision == "bf16" or (
+        train.mixed_precision == "auto" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _loss(model: Any, batch: dict[str, torch.Tensor], task: str) -> torch.Tensor:
+    if task != "feature-extraction":
+        return model(**{k: v for k, v in batch.items() if not k.startswith("pair_")}).loss  # type: ignore[no-any-return]
+    from training.evaluation import embed_pair
+
+    # In-batch contrastive loss (InfoNCE): each text's positive is its own pair; the others are negatives.
+    a, p = embed_pair(model, batch)
+    scores = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T / 0.05
+    return torch.nn.functional.cross_entropy(scores, torch.arange(len(a), device=a.device))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train, evaluate and checkpoint on one worker of a Ray Train run."""
+    cfg = LoopConfig.model_validate(config)
+    import ray.train
+    import ray.train.torch
+    from transformers import get_scheduler
+
+    from data.collate import build_collator
+    from data.tokenizer import load_tokenizer
+    from rayformers.manifest import package_versions
+    from rayformers.tasks import get_task
+    from training.checkpoint import load_training_state, write_checkpoint
+    from training.evaluation import evaluate
+    from training.model import build_model, parameter_counts
+    from training.progress import Progress
+
+    run, settings, task = cfg.run, cfg.settings, get_task(cfg.settings.task)
+    train = run.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    tokenizer = load_tokenizer(
+        run.model.tokenizer_source, task.name, trust_remote_code=run.model.trust_remote_code
+    )
+    base_dir = None
+    if run.model.method == "lora" and run.model.from_scratch is not None and rank == 0:
+        base_dir = Path(tempfile.mkdtemp(prefix="rayformers-base-"))
+    model = build_model(run.model, task, tokenizer, settings.labels, train.seed)
+    if base_dir is not None:
+        _save_clean_base(model, base_dir)
+    trainable, total = parameter_counts(model)
+    if rank == 0:
+        print(
+            f"[rayformers] {run.model.method} fine-tuning: {trainable:,} trainable of {total:,} parameters "
+            f"({100 * trainable / total:.2f}%)",
+            flush=True,
+        )
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train.learning_rate,
+    )
+    micro_per_epoch = max(1, cfg.train_rows // (world * train.batch_size))
+    steps_per_epoch = max(1, micro_per_epoch // train.gradient_accumulation_steps)
+    total_steps = train.max_steps or steps_per_epoch * train.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = get_scheduler(
+        train.scheduler,
+        optimizer,
+        num_warmup_steps=int(train.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    dtype = _precision(run)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    step, start_epoch, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_training_state(Path(directory))
+            _load_weights(model.module if hasattr(model, "module") else model, Path(directory))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_epoch, history = state["step"], state["epoch"], state["history"]
+        if rank == 0:
+            print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
+    collator = build_collator(
+        task.name,
+        tokenizer,
+        pad_to_multiple_of=run.data.pad_to_multiple_of,
+        mlm_probability=run.data.mlm_probability,
+        seed=train.seed + rank,
+    )
+    eval_collator = build_collator(
+        task.name, tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed
+    )
+    progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.train.name)
+    eval_every = train.eval_every_steps or steps_per_epoch
+    train_shard = ray.train.get_dataset_shard("train")
+    model.train()
+
+    def report(epoch: int) -> None:
+        metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
+        if cfg.has_validation:
+            batches = ray.train.get_dataset_shard("validation").iter_torch_batches(
+                batch_size=train.batch_size, collate_fn=eval_collator, device=device
+            )
+            metrics.update(evaluate(model, batches, task.name, settings, tokenizer, device))
+        history.append(metrics)
+        progress.metrics(step, metrics)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "history": history,
+        }
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = CheckpointManifest(
+                task=task.name,
+                method=run.model.method,
+                base_model=(
+                    "base_model" if base_dir else run.model.name or run.model.from_scratch.architecture
+                ),  # type: ignore[union-attr]
+                base_revision=run.model.revision,
+                architecture=(model.module if hasattr(model, "module") else model).config.model_type,
+                auto_model=task.auto_model,
+                preprocessing=settings,
+                pooling="mean" if task.name == "feature-extraction" else None,
+                metrics={k: v for k, v in metrics.items() if k not in ("step", "epoch")},
+                step=step,
+                epoch=epoch,
+                data_fingerprint=cfg.data_fingerprint,
+                versions=package_versions(),
+            )
+            write_checkpoint(
+                Path(tmp), model, tokenizer, manifest, train.model_dump(mode="json"), state, base_dir
+            )
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_{step:06d}",
+            )
+
+    for epoch in range(start_epoch, epochs):
+        skip = step - epoch * steps_per_epoch  # resumed mid-epoch: pass over the batches already trained on
+        batches = train_shard.iter_torch_batches(
+            batch_size=train.batch_size,
+            collate_fn=collator,
+            device=device,
+            local_shuffle_buffer_size=max(4 * train.batch_size, 256),
+            local_shuffle_seed=train.seed + epoch,
+        )
+        micro, started = 0, time.monotonic()
+        for batch in batches:
+            if micro >= micro_per_epoch or step >= total_steps:
+                break
+            micro += 1
+            if skip > 0 and micro <= skip * train.gradient_accumulation_steps:
+                continue
+            sync = micro % train.gradient_accumulation_steps == 0
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = _loss(model, batch, task.name) / train.gradient_accumulation_steps
+            scaler.scale(loss).backward()
+            if not sync:
+                continue
+            if train.max_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens = int(batch["attention_mask"].sum()) * world if "attention_mask" in batch else 0
+            progress.step(
+                step,
+                epoch,
+                float(loss) * train.gradient_accumulation_steps,
+                scheduler.get_last_lr()[0],
+                len(batch["input_ids"]) * world * train.gradient_accumulation_steps,
+                tokens,
+                started,
+            )
+            if step % eval_every == 0 or step == total_steps:
+                report(epoch if step % steps_per_epoch else epoch + 1)
+        if step >= total_steps:
+            break
+    progress.close()
+
+
+def _save_clean_base(model: Any, directory: Path) -> None:
+    """The randomly initialised base of a from-scratch LoRA run, saved without adapters: serving and
+    `PeftModel.from_pretrained` need the exact base the adapter was trained on."""
+    with model.disable_adapter():
+        state = {
+            k.replace("base_model.model.", "", 1): v
+            for k, v in model.state_dict().items()
+            if "lora_" not in k
+        }
+    base = model.get_base_model()
+    clean = {k.replace(".base_layer", ""): v for k, v in state.items() if "modules_to_save" not in k}
+    clean = {k.replace(".original_module", ""): v for k, v in clean.items()}
+    fresh = type(base)(base.config)
+    fresh.load_state_dict(clean, strict=False)
+    fresh.save_pretrained(directory)
+
+
+def _load_weights(model: Any, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    adapter = directory / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+    else:
+        model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)

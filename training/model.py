@@ -1,0 +1,155 @@
+"""Model building: the task's Auto class from a hub id, a directory or an architecture config, and
+the one switch between full fine-tuning and LoRA (peft)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rayformers.config import LoraConfig, ModelConfig
+from rayformers.manifest import LabelMap
+from rayformers.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ModelError", "apply_lora", "build_model", "default_target_modules", "parameter_counts"]
+
+# peft's table lacks a few common encoders.
+_EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"]}
+# Task heads are new weights: with LoRA they must still train, and be saved with the adapter.
+_HEADS = ("classifier", "pre_classifier", "score", "qa_outputs")
+_PEFT_TASK_TYPES = {
+    "text-classification": "SEQ_CLS",
+    "zero-shot-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "question-answering": "QUESTION_ANS",
+    "text-generation": "CAUSAL_LM",
+    "summarization": "SEQ_2_SEQ_LM",
+    "translation": "SEQ_2_SEQ_LM",
+    "feature-extraction": "FEATURE_EXTRACTION",
+}
+
+
+class ModelError(Exception):
+    """A model that cannot be built as configured; the message says why and what to change."""
+
+
+def _label_kwargs(task: TaskSpec, labels: LabelMap | None) -> dict[str, Any]:
+    if task.label_kind == "none" or labels is None:
+        return {}
+    return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": labels.label2id}
+
+
+def _special_token_kwargs(tokenizer: Any, architecture: str) -> dict[str, Any]:
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id
+        if tokenizer.bos_token_id is not None
+        else tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.eos_token_id
+        if tokenizer.eos_token_id is not None
+        else tokenizer.sep_token_id,
+    }
+    if architecture in ("bart", "mbart", "marian", "t5", "mt5", "pegasus"):
+        # Seq2seq decoders start from EOS (BART) or PAD (T5) when the config says nothing else.
+        ids["decoder_start_token_id"] = (
+            ids["pad_token_id"] if architecture.endswith("t5") else ids["eos_token_id"]
+        )
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def build_model(
+    cfg: ModelConfig, task: TaskSpec, tokenizer: Any, labels: LabelMap | None, seed: int
+) -> torch.nn.Module:
+    """The task's model, fully trainable or wrapped with LoRA adapters as `cfg.method` says."""
+    import torch
+    from transformers import AutoConfig
+
+    auto = task.load_auto_model()
+    label_kwargs = _label_kwargs(task, labels)
+    torch.manual_seed(seed)  # every worker builds identical weights; DDP then keeps them in step
+    if cfg.from_scratch is not None:
+        architecture = cfg.from_scratch.architecture
+        try:
+            config = AutoConfig.for_model(
+                architecture,
+                **{
+                    **_special_token_kwargs(tokenizer, architecture),
+                    **cfg.from_scratch.config,
+                    **label_kwargs,
+                },
+            )
+        except (ValueError, TypeError) as err:
+            raise ModelError(f"model.from_scratch: cannot build a {architecture!r} config: {err}") from None
+        model = auto.from_config(config)
+    else:
+        assert cfg.name is not None
+        try:
+            model = auto.from_pretrained(
+                cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **label_kwargs
+            )
+        except (OSError, ValueError) as err:
+            raise ModelError(
+                f"model.name: {cfg.name!r} could not be loaded as {task.auto_model}: {str(err).splitlines()[0]}. Give a "
+                "hub id this machine can reach or a directory saved with save_pretrained"
+            ) from None
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg.lora, task)
+    return model
+
+
+def default_target_modules(model_type: str) -> list[str] | None:
+    """peft's default LoRA targets for an architecture (query/value projections), or None."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as targets
+
+    found = targets.get(model_type) or _EXTRA_TARGETS.get(model_type)
+    return list(found) if found else None
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    import torch
+
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: TaskSpec) -> torch.nn.Module:
+    """Wrap `model` with LoRA adapters; the task head stays trainable and is saved with the adapter."""
+    import peft
+
+    model_type = getattr(model.config, "model_type", "")
+    linear = _linear_names(model)
+    targets = lora.target_modules or default_target_modules(model_type)
+    if not targets:
+        raise ModelError(
+            f"model.lora.target_modules: no default for architecture {model_type!r}; set it to some of the "
+            f"model's linear layers: {', '.join(linear)}"
+        )
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ModelError(
+            f"model.lora.target_modules: {missing} not found in this {model_type!r} model; its linear layers "
+            f"are: {', '.join(linear)}"
+        )
+    heads = sorted(
+        {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in _HEADS}
+    )
+    task_type = _PEFT_TASK_TYPES.get(task.name)
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(targets),
+        modules_to_save=heads or None,
+        task_type=getattr(peft.TaskType, task_type) if task_type else None,
+    )
+    return peft.get_peft_model(model, config)
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,188 @@
+"""The driver side of `rayformers train`: check the cluster can hold the workers, tokenize once
+into the run directory, run a Ray Train `TorchTrainer`, pick the best checkpoint and summarise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from data.pipeline import build_tokenized
+from data.rows import DataError
+from data.shards import write_tokenized
+from rayformers.config import RunConfig
+from rayformers.manifest import DataManifest
+from rayformers.tasks import get_task
+from training.loop import LoopConfig, train_loop_per_worker
+
+__all__ = ["TrainResult", "check_resources", "run_name", "run_training"]
+
+
+class ResourceError(Exception):
+    """The cluster cannot hold the requested workers; the message says what it has."""
+
+
+@dataclass
+class TrainResult:
+    """Where the run's outputs are."""
+
+    best_checkpoint: str
+    best_metrics: dict[str, Any]
+    summary_path: str
+
+
+def run_name(cfg: RunConfig) -> str:
+    return cfg.train.name or f"{cfg.model.task}-{cfg.model.method}"
+
+
+def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
+    """Fail at once, saying what the cluster has, when the workers can never be scheduled."""
+    train = cfg.train
+    cpus, gpus = (
+        train.num_workers * train.cpus_per_worker,
+        train.num_workers * (train.gpus_per_worker if train.use_gpu else 0),
+    )
+    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    problems = []
+    if cpus > have_cpu:
+        problems.append(
+            f"{train.num_workers} workers x {train.cpus_per_worker:g} CPU = {cpus:g} CPUs, the cluster has {have_cpu:g}"
+        )
+    if gpus > have_gpu:
+        problems.append(
+            f"{train.num_workers} workers x {train.gpus_per_worker:g} GPU = {gpus:g} GPUs, the cluster has {have_gpu:g}"
+        )
+    if problems:
+        raise ResourceError(
+            "train: the cluster cannot hold the workers ("
+            + "; ".join(problems)
+            + "). Lower train.num_workers "
+            "or train.cpus_per_worker / gpus_per_worker, set train.use_gpu: false, or add nodes"
+        )
+
+
+def _fingerprint(cfg: RunConfig) -> str:
+    payload = json.dumps(
+        {"data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.model.tokenizer_source}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _tokenize_once(cfg: RunConfig, run_dir: Path) -> DataManifest:
+    """Tokenize into `<run>/tokenized` once; a resumed run reuses the shards when they still match."""
+    target = run_dir / "tokenized"
+    if (target / "manifest.json").exists():
+        manifest = DataManifest.read(target)
+        if manifest.source == cfg.data.model_dump(mode="json"):
+            return manifest
+        raise DataError(
+            f"{target} was tokenized from a different data config; use a new train.name or delete that directory"
+        )
+    tokenized = build_tokenized(
+        cfg.data, cfg.model.task, cfg.model.tokenizer_source, trust_remote_code=cfg.model.trust_remote_code
+    )
+    return write_tokenized(tokenized, cfg.data, target)
+
+
+def run_training(cfg: RunConfig) -> TrainResult:
+    """Run (or resume) the configured training; return the best checkpoint."""
+    check_resources(cfg, ray.cluster_resources())
+    name = run_name(cfg)
+    storage = (
+        cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)
+    )
+    run_dir = Path(storage) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _tokenize_once(cfg, run_dir)
+    # Training workers hold their CPUs for the whole run: reading the shards reserves none, so it never
+    # waits behind them (reading Parquet is light next to the model's work). The V2 file datasource
+    # plans a file-listing task that asks for a whole CPU whatever `num_cpus` says, and would wait forever.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
+    datasets = {"train": ray.data.read_parquet(str(run_dir / "tokenized" / "train"), num_cpus=0)}
+    if "validation" in manifest.splits:
+        datasets["validation"] = ray.data.read_parquet(str(run_dir / "tokenized" / "validation"), num_cpus=0)
+    task = get_task(cfg.model.task)
+    metric = cfg.train.metric or task.default_metric
+    mode = cfg.train.metric_mode or ("min" if metric in ("loss", "perplexity") else task.metric_mode)
+    loop = LoopConfig(
+        run=cfg, settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
+        data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets,
+    )  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.model_dump(mode="json"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.train.cpus_per_worker,
+                **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}),
+            },
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute=metric if "validation" in datasets else "step",
+                checkpoint_score_order=mode if "validation" in datasets else "max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
+    )
+    result = trainer.fit()
+    best = _best(
+        result, metric if "validation" in datasets else "step", mode if "validation" in datasets else "max"
+    )
+    summary = {
+        "config": cfg.model_dump(mode="json"),
+        "metric": metric,
+        "mode": mode,
+        "best_checkpoint": best[0],
+        "best_metrics": best[1],
+        "history": _history(best[0]),
+        "data": manifest.model_dump(mode="json")["splits"],
+    }
+    summary_path = run_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    _link_best(run_dir, best[0])
+    return TrainResult(best_checkpoint=best[0], best_metrics=best[1], summary_path=str(summary_path))
+
+
+def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
+    candidates = [(c.path, dict(m)) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not candidates:
+        if result.checkpoint is None:
+            raise RuntimeError("training produced no checkpoint")
+        return result.checkpoint.path, dict(result.metrics or {})
+    pick = max if mode == "max" else min
+    return pick(candidates, key=lambda c: c[1][metric])
+
+
+def _history(checkpoint: str) -> list[dict[str, Any]]:
+    from training.checkpoint import load_training_state
+
+    if "://" in checkpoint:
+        return []
+    return list(load_training_state(Path(checkpoint)).get("history", []))
+
+
+def _link_best(run_dir: Path, checkpoint: str) -> None:
+    """`<run>/best` points at the best checkpoint, so configs can name it before the run exists."""
+    if "://" in checkpoint:
+        return
+    link = run_dir / "best"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(checkpoint, run_dir))
