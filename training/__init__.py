@@ -1,1 +1,1 @@
-"""The training stage: model building (the full/LoRA switch), metrics; the Ray Train loop comes next."""
+"""The training stage: model building (the one full/LoRA switch), the Ray Train loop, evaluation and checkpoints."""
