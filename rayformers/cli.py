@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -199,9 +200,37 @@ def _first_line_of(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+class _HideUserErrorTracebacks(logging.Filter):
+    """Ray logs the stack of any exception a task raises; for a user's mistake we print one line
+    that says what to fix instead, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            return _user_error(record.exc_info[1]) is None
+        # Ray's preamble to the stack trace above; the trace itself is judged (and kept or not) above.
+        return not str(record.msg).startswith("Exception occurred in Ray Data or Ray Core internal code")
+
+
+def _install_log_filter_after_ray_import() -> None:
+    """Ray configures its loggers when imported: filter them once they exist."""
+    import ray
+    import ray.data  # noqa: F401
+
+    _install_log_filter()
+
+
+def _install_log_filter() -> None:
+    hide = _HideUserErrorTracebacks()
+    for name in ("ray.data", "ray", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(hide)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rayformers` console script."""
     args = _parser().parse_args(argv)
+    if args.command != "validate":
+        _install_log_filter_after_ray_import()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
