@@ -135,6 +135,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, merge_lora=args.merge_lora)
+    print(out)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayformers",
@@ -149,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Fine-tune on Ray Train; prints the best checkpoint last.")
     _add_config(train)
     train.set_defaults(run=_cmd_train)
+
+    export = commands.add_parser("export", help="Write a standalone model from a checkpoint.")
+    export.add_argument("checkpoint", help="A checkpoint directory written by `rayformers train`.")
+    export.add_argument("--out", required=True, help="Output directory (new or empty).")
+    export.add_argument(
+        "--merge-lora", action="store_true", help="Merge a LoRA adapter into its base weights."
+    )
+    export.set_defaults(run=_cmd_export)
 
     data = commands.add_parser("data", help="Stream, tokenize and inspect a config's data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -176,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
     from data.rows import DataError
+    from training.export import ExportError
     from training.model import ModelError
     from training.trainer import ResourceError
 
@@ -186,7 +203,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (DataError, ConfigError, ModelError, ResourceError)):
+        if isinstance(current, (DataError, ConfigError, ModelError, ResourceError, ExportError)):
             return current
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
     return None

@@ -12,7 +12,7 @@ import torch
 
 from rayformers.manifest import CheckpointManifest
 
-__all__ = ["TRAINING_STATE", "load_training_state", "write_checkpoint"]
+__all__ = ["BASE_MODEL_DIR", "TRAINING_STATE", "load_training_state", "write_checkpoint"]
 
 TRAINING_STATE = "training_state.pt"
 BASE_MODEL_DIR = "base_model"

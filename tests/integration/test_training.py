@@ -98,3 +98,25 @@ def test_too_many_workers_fail_at_once_saying_what_the_cluster_has():
     with pytest.raises(ResourceError) as err:
         run_training(cfg)
     assert "4 workers x 1 CPU = 4 CPUs, the cluster has 2" in str(err.value)
+
+
+def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rayformers.manifest import CheckpointManifest
+    from training.export import ExportError, export_checkpoint, load_lora_model
+
+    checkpoint = Path(runs["lora"].best_checkpoint)
+    out = export_checkpoint(checkpoint, tmp_path / "merged", merge_lora=True)
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
+    assert CheckpointManifest.read(out).method == "full"
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = tok([r["text"] for r in VALIDATION[:16]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        merged = AutoModelForSequenceClassification.from_pretrained(out).eval()(**batch).logits
+        adapted = load_lora_model(checkpoint, CheckpointManifest.read(checkpoint))(**batch).logits
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    plain = export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "plain")
+    assert "training_state.pt" not in {p.name for p in plain.iterdir()}
+    with pytest.raises(ExportError, match="LoRA checkpoints only"):
+        export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "x", merge_lora=True)
