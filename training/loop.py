@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     dtype = _precision(run)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    step, start_epoch, history = 0, 0, []
+    step, start_epoch, history, resumed_from = 0, 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -118,6 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, history = state["step"], state["epoch"], state["history"]
+        resumed_from = [*state.get("resumed_from", []), step]
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
     collator = build_collator(
@@ -151,6 +152,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "step": step,
             "epoch": epoch,
             "history": history,
+            "resumed_from": resumed_from,
         }
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)

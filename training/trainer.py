@@ -145,13 +145,14 @@ def run_training(cfg: RunConfig) -> TrainResult:
     best = _best(
         result, metric if "validation" in datasets else "step", mode if "validation" in datasets else "max"
     )
+    latest = result.checkpoint.path if result.checkpoint is not None else best[0]
     summary = {
         "config": cfg.model_dump(mode="json"),
         "metric": metric,
         "mode": mode,
         "best_checkpoint": best[0],
         "best_metrics": best[1],
-        "history": _history(best[0]),
+        **_history(latest),
         "data": manifest.model_dump(mode="json")["splits"],
     }
     summary_path = run_dir / "summary.json"
@@ -170,12 +171,14 @@ def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
     return pick(candidates, key=lambda c: c[1][metric])
 
 
-def _history(checkpoint: str) -> list[dict[str, Any]]:
+def _history(checkpoint: str) -> dict[str, Any]:
+    """Metric history and the steps the run resumed from, as the latest checkpoint recorded them."""
     from training.checkpoint import load_training_state
 
     if "://" in checkpoint:
-        return []
-    return list(load_training_state(Path(checkpoint)).get("history", []))
+        return {"history": [], "resumed_from": []}
+    state = load_training_state(Path(checkpoint))
+    return {"history": list(state.get("history", [])), "resumed_from": list(state.get("resumed_from", []))}
 
 
 def _link_best(run_dir: Path, checkpoint: str) -> None:

@@ -1,0 +1,69 @@
+"""Fault tolerance: a killed worker and a stopped-then-rerun job both continue from the latest
+checkpoint instead of starting over, and finish at the configured step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rayformers.loading import load_config
+from training.trainer import run_training
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(storage, name, max_steps, *extra):
+    return load_config(
+        REPO / "configs/text-classification/full.yaml",
+        [f"train.storage_path={storage}", f"train.name={name}", f"train.max_steps={max_steps}",
+         "train.eval_every_steps=10", "train.keep_checkpoints=1", *extra],
+    )  # fmt: skip
+
+
+def summary_of(result):
+    return json.loads(Path(result.summary_path).read_text())
+
+
+def test_rerun_with_the_same_name_resumes(tmp_path):
+    first = run_training(config(tmp_path, "resumed", 20))
+    assert summary_of(first)["resumed_from"] == []
+    second = summary_of(run_training(config(tmp_path, "resumed", 40)))
+    assert second["resumed_from"] == [20]
+    assert [h["step"] for h in second["history"]] == [10, 20, 30, 40]
+
+
+def _kill_one_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+    import psutil
+
+    deadline = time.monotonic() + 240
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    # A checkpoint counts once Ray Train has registered it, not when its directory first appears.
+    while time.monotonic() < deadline and not (snapshot.exists() and "checkpoint_" in snapshot.read_text()):
+        time.sleep(0.2)
+    # Ray names each actor's process after its class (the state API needs the dashboard, off here).
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if "ray::RayTrainWorker" in " ".join(process.info["cmdline"] or []):
+            os.kill(process.info["pid"], signal.SIGKILL)
+            killed.append(process.info["pid"])
+            return
+
+
+def test_a_killed_worker_resumes_from_the_latest_checkpoint(tmp_path):
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=_kill_one_worker_after_first_checkpoint, args=(tmp_path / "killed", killed), daemon=True
+    )
+    killer.start()
+    result = run_training(config(tmp_path, "killed", 120, "train.max_failures=2"))
+    killer.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+    summary = summary_of(result)
+    assert summary["resumed_from"] and summary["resumed_from"][0] >= 10
+    assert summary["history"][-1]["step"] == 120
