@@ -58,8 +58,11 @@ def connect(cluster: ClusterConfig) -> RaySession:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(cluster), "log_to_driver": True}
     if cluster.address is None:
-        kwargs.update(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, include_dashboard=False)
-        # A local embedded Ray must not join some other cluster found through RAY_ADDRESS.
+        # "local": an embedded Ray of its own. Without it `ray.init` joins whatever cluster RAY_ADDRESS or
+        # /tmp/ray/ray_current_cluster names (say, one a `ray start` left behind) and shares its CPUs.
+        kwargs.update(
+            address="local", num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, include_dashboard=False
+        )
         os.environ.pop("RAY_ADDRESS", None)
     else:
         kwargs["address"] = cluster.address

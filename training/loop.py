@@ -136,8 +136,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     model.train()
 
+    interval = [
+        0.0,
+        0,
+    ]  # training loss summed over the optimizer steps since the last report, and their count
+
     def report(epoch: int) -> None:
+        from training.evaluation import gather
+
         metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
+        losses = [(s, n) for s, n in gather([tuple(interval)]) if n]
+        if losses:
+            # Mean training loss over the interval, across all workers: the curve a user watches fall.
+            metrics["train_loss"] = sum(s for s, _ in losses) / sum(n for _, n in losses)
+        interval[:] = [0.0, 0]
         if cfg.has_validation:
             batches = ray.train.get_dataset_shard("validation").iter_torch_batches(
                 batch_size=train.batch_size, collate_fn=eval_collator, device=device
@@ -214,6 +226,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            interval[0] += float(loss) * train.gradient_accumulation_steps
+            interval[1] += 1
             tokens = int(batch["attention_mask"].sum()) * world if "attention_mask" in batch else 0
             progress.step(
                 step,

@@ -3,6 +3,7 @@ into the run directory, run a Ray Train `TorchTrainer`, pick the best checkpoint
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -23,11 +24,24 @@ from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
 from training.loop import LoopConfig, train_loop_per_worker
 
-__all__ = ["TrainResult", "check_resources", "run_name", "run_training"]
+__all__ = [
+    "ResourceError",
+    "TrainResult",
+    "check_resources",
+    "run_name",
+    "run_training",
+    "wait_for_free_resources",
+]
 
 
 class ResourceError(Exception):
     """The cluster cannot hold the requested workers; the message says what it has."""
+
+
+# How long a run waits for CPUs that something else holds before it gives up and says so.
+WORKER_WAIT_S = float(os.environ.get("RAYFORMERS_WORKER_WAIT_S", "120"))
+# Worker groups that fail to start (resources taken after our check) are retried this often, not forever.
+STARTUP_RETRIES = 3
 
 
 @dataclass
@@ -69,6 +83,41 @@ def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
         )
 
 
+def wait_for_free_resources(cfg: RunConfig, timeout_s: float = WORKER_WAIT_S) -> None:
+    """Wait (bounded) until the workers' CPUs and GPUs are free, then return; else raise a ResourceError
+    that says what is held. Ray Train V2 itself retries a worker group that cannot start without limit,
+    so a cluster whose CPUs something else holds (another job, a Serve replica, a leftover actor) would
+    otherwise make the run wait forever without a word."""
+    import time
+
+    train = cfg.train
+    wanted = {"CPU": train.num_workers * train.cpus_per_worker}
+    if train.use_gpu:
+        wanted["GPU"] = train.num_workers * train.gpus_per_worker
+    deadline, said = time.monotonic() + timeout_s, False
+    while True:
+        free = ray.available_resources()
+        short = {k: (v, free.get(k, 0.0)) for k, v in wanted.items() if free.get(k, 0.0) + 1e-9 < v}
+        if not short:
+            return
+        if not said:
+            # A Ray Data pipeline that failed earlier in this process keeps its actors (and their CPUs)
+            # until the exception's frames are collected: collect them before waiting on anyone else.
+            gc.collect()
+        if time.monotonic() >= deadline:
+            held = "; ".join(f"{k}: {need:g} needed, {have:g} free" for k, (need, have) in short.items())
+            raise ResourceError(
+                f"train: the workers' resources stayed taken for {timeout_s:g} s ({held}; the cluster has "
+                f"{ray.cluster_resources().get('CPU', 0):g} CPUs in all). Something else holds them (another run, "
+                "a Serve application, `ray status` shows what): stop it, or lower train.num_workers / "
+                "train.cpus_per_worker"
+            )
+        if not said:
+            print(f"[rayformers] waiting for free resources for {train.num_workers} workers ...", flush=True)
+            said = True
+        time.sleep(0.5)
+
+
 def _fingerprint(cfg: RunConfig) -> str:
     payload = json.dumps(
         {"data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.model.tokenizer_source}, sort_keys=True
@@ -106,6 +155,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
     # waits behind them (reading Parquet is light next to the model's work). The V2 file datasource
     # plans a file-listing task that asks for a whole CPU whatever `num_cpus` says, and would wait forever.
     ray.data.DataContext.get_current().use_datasource_v2 = False
+    wait_for_free_resources(cfg)
     datasets = {"train": ray.data.read_parquet(str(run_dir / "tokenized" / "train"), num_cpus=0)}
     if "validation" in manifest.splits:
         datasets["validation"] = ray.data.read_parquet(str(run_dir / "tokenized" / "validation"), num_cpus=0)
@@ -136,7 +186,9 @@ def run_training(cfg: RunConfig) -> TrainResult:
                 checkpoint_score_attribute=metric if "validation" in datasets else "step",
                 checkpoint_score_order=mode if "validation" in datasets else "max",
             ),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=STARTUP_RETRIES
+            ),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
