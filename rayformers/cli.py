@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rayformers.loading import load_config
-from rayformers.validation import ConfigError
+from rayformers.validation import ConfigError, ConfigIssue
 
 __all__ = ["main"]
 
@@ -143,12 +143,93 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
+    """The serve section, its apps as builder arguments, and the cluster to run on."""
+    from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
+    from serving.app import app_args, checked
+
+    if args.checkpoint:
+        if args.config:
+            raise ConfigError(
+                "rayformers serve",
+                [ConfigIssue("CONFIG", "both a CONFIG and --checkpoint were given", "give one of them")],
+            )
+        serve_cfg = ServeConfig(port=args.port or 8000)
+        app = ServeAppConfig(
+            name=args.name or "model", checkpoint=str(Path(args.checkpoint).resolve()), task=args.task
+        )
+        return serve_cfg, checked(serve_cfg, [app]), ClusterConfig()
+    if not args.config:
+        raise ConfigError(
+            "rayformers serve",
+            [
+                ConfigIssue(
+                    "CONFIG", "nothing to serve", "give a CONFIG, or --checkpoint DIR for one checkpoint"
+                )
+            ],
+        )
+    cfg = load_config(args.config, args.overrides)
+    if args.port:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": args.port})})
+    return cfg.serve, app_args(cfg), cfg.cluster
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.server import block_stop_signals, deploy, serve_until_stopped
+
+    serve_cfg, apps, cluster = _serve_setup(args)
+    block_stop_signals()
+    served = deploy(serve_cfg, apps, cluster)
+    serve_until_stopped(served)
+    return 0
+
+
+def _cmd_serve_build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from serving.app import app_args, deploy_config
+
+    cfg = load_config(args.config, args.overrides)
+    config = deploy_config(cfg.serve, app_args(cfg))
+    text = yaml.safe_dump(config, sort_keys=False)
+    if args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(config['applications'])} applications (run it: serve run {args.output})"
+        )
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from rayformers.quickstart import run_quickstart
+
+    run_quickstart(Path(args.workdir), port=args.port, keep_serving=args.keep_serving)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayformers",
         description="Fine-tune and serve Hugging Face transformers on Ray, from one YAML config.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quickstart = commands.add_parser(
+        "quickstart",
+        help="The whole flow offline on sample data: tokenizer, LoRA training, evaluation, serving.",
+    )
+    quickstart.add_argument(
+        "--workdir",
+        default="runs/quickstart-demo",
+        help="Where its tokenizer and run go (replaced each time).",
+    )
+    quickstart.add_argument("--port", type=int, default=8000, help="HTTP port of the served app.")
+    quickstart.add_argument(
+        "--keep-serving", action="store_true", help="Keep the app up after the demo requests (Ctrl-C stops)."
+    )
+    quickstart.set_defaults(run=_cmd_quickstart)
 
     validate = commands.add_parser("validate", help="Check a config; list every problem at once.")
     _add_config(validate)
@@ -165,6 +246,29 @@ def _parser() -> argparse.ArgumentParser:
         "--merge-lora", action="store_true", help="Merge a LoRA adapter into its base weights."
     )
     export.set_defaults(run=_cmd_export)
+
+    serve = commands.add_parser(
+        "serve",
+        help="Serve checkpoints over HTTP on Ray Serve (and `serve build` a Serve config file).",
+        description="Serve every app of CONFIG (or one --checkpoint) until Ctrl-C or SIGTERM. "
+        "`rayformers serve build CONFIG -o FILE` writes the Ray Serve config instead, for `serve run`, "
+        "`serve deploy` or a KubeRay RayService.",
+    )
+    serve.add_argument("config", nargs="?", help="Path of a YAML run config.")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000).")
+    serve.add_argument("--checkpoint", help="Serve this one checkpoint directory with default settings.")
+    serve.add_argument(
+        "--name", help="App name for --checkpoint (its routes are under /NAME; default 'model')."
+    )
+    serve.add_argument(
+        "--task", help="Task for --checkpoint, needed for a directory without rayformers.json."
+    )
+    serve.set_defaults(run=_cmd_serve)
+    build = commands.add_parser("serve-build", help=argparse.SUPPRESS)
+    _add_config(build)
+    build.add_argument("-o", "--output", required=True, help="File to write ('-' for stdout).")
+    build.set_defaults(run=_cmd_serve_build)
 
     data = commands.add_parser("data", help="Stream, tokenize and inspect a config's data.")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -192,6 +296,7 @@ def _parser() -> argparse.ArgumentParser:
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
     from data.rows import DataError
+    from serving.errors import ServingError
     from training.export import ExportError
     from training.model import ModelError
     from training.trainer import ResourceError
@@ -203,7 +308,9 @@ def _user_error(exc: BaseException) -> BaseException | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, (DataError, ConfigError, ModelError, ResourceError, ExportError)):
+        if isinstance(
+            current, (DataError, ConfigError, ModelError, ResourceError, ExportError, ServingError)
+        ):
             return current
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
     return None
@@ -245,6 +352,9 @@ def _install_log_filter() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rayformers` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["serve", "build"]:  # `serve build` is its own command with its own arguments
+        argv = ["serve-build", *argv[2:]]
     args = _parser().parse_args(argv)
     if args.command != "validate":
         _install_log_filter_after_ray_import()

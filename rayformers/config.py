@@ -297,6 +297,9 @@ class AutoscalingConfig(_Section):
     )
     upscale_delay_s: float = Field(default=30.0, ge=0.0, description="Load must last this long to scale up.")
     downscale_delay_s: float = Field(default=600.0, ge=0.0, description="Idle this long to scale down.")
+    look_back_period_s: float = Field(
+        default=30.0, gt=0.0, description="Window over which the ongoing requests are averaged."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingConfig:

@@ -55,6 +55,8 @@ class TaskSpec:
     metric_mode: Literal["max", "min"]
     pipeline_task: str | None
     """The transformers `pipeline()` task that loads its checkpoints, where transformers 5 has one."""
+    handler: str
+    """`module:Class` of the serving handler that answers requests for this task."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,6 +70,10 @@ class TaskSpec:
     def load_collator(self) -> Any:
         """The collator class (imports the data stage)."""
         return _resolve(self.collator)
+
+    def load_handler(self) -> Any:
+        """The serving handler class (imports the serving stage)."""
+        return _resolve(self.handler)
 
     def load_auto_model(self) -> Any:
         """The transformers Auto model class (imports transformers)."""
@@ -101,6 +107,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="accuracy",
             metric_mode="max",
             pipeline_task="text-classification",
+            handler="serving.handlers.classification:TextClassificationHandler",
         ),
         TaskSpec(
             name="token-classification",
@@ -117,6 +124,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="f1",
             metric_mode="max",
             pipeline_task="token-classification",
+            handler="serving.handlers.tokens:TokenClassificationHandler",
         ),
         TaskSpec(
             name="question-answering",
@@ -133,6 +141,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="f1",
             metric_mode="max",
             pipeline_task=None,
+            handler="serving.handlers.answers:QuestionAnsweringHandler",
         ),
         TaskSpec(
             name="fill-mask",
@@ -149,6 +158,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="perplexity",
             metric_mode="min",
             pipeline_task="fill-mask",
+            handler="serving.handlers.fill_mask:FillMaskHandler",
         ),
         TaskSpec(
             name="text-generation",
@@ -165,6 +175,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="perplexity",
             metric_mode="min",
             pipeline_task="text-generation",
+            handler="serving.handlers.generation:TextGenerationHandler",
         ),
         TaskSpec(
             name="summarization",
@@ -181,6 +192,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="rougeL",
             metric_mode="max",
             pipeline_task=None,
+            handler="serving.handlers.seq2seq:SummarizationHandler",
         ),
         TaskSpec(
             name="translation",
@@ -197,6 +209,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="bleu",
             metric_mode="max",
             pipeline_task=None,
+            handler="serving.handlers.seq2seq:TranslationHandler",
         ),
         TaskSpec(
             name="zero-shot-classification",
@@ -213,6 +226,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="accuracy",
             metric_mode="max",
             pipeline_task="zero-shot-classification",
+            handler="serving.handlers.zero_shot:ZeroShotHandler",
             extra={"required_label": "entailment"},
         ),
         TaskSpec(
@@ -230,6 +244,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="recall_at_1",
             metric_mode="max",
             pipeline_task="feature-extraction",
+            handler="serving.handlers.embeddings:FeatureExtractionHandler",
         ),
     )
 }

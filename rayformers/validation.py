@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from rayformers.tasks import TASKS
 
-__all__ = ["ConfigError", "ConfigIssue", "cross_section_issues", "issues_from_pydantic"]
+__all__ = ["ConfigError", "ConfigIssue", "cross_section_issues", "issues_from_pydantic", "nested_model"]
 
 _MISSING = object()
 
@@ -75,15 +75,15 @@ def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMo
         field = current.model_fields.get(str(part))
         if field is None:
             return None
-        current = _nested_model(field.annotation)
+        current = nested_model(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _nested_model(annotation: Any) -> Any:
+def nested_model(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _nested_model(arg)
+        found = nested_model(arg)
         if found is not None:
             return found
     return None

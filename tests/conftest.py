@@ -3,6 +3,7 @@ can be read off the vocabulary below rather than trusted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,20 @@ def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wordlevel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seq2seq/causal-style tokenizer over WORDLEVEL_VOCAB that appends </s>."""
     return _save_wordlevel(tmp_path_factory.mktemp("wordlevel"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`tests.checkpoint_factory.make_checkpoint`, cached per arguments for the whole session (treat
+    the directories as read-only): `tiny_checkpoint("question-answering", method="lora", adapter_seed=1)`."""
+    from tests.checkpoint_factory import make_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(task: str, **kwargs: object) -> Path:
+        key = repr((task, sorted(kwargs.items())))
+        if key not in made:
+            made[key] = make_checkpoint(task, tmp_path_factory.mktemp(task), **kwargs)  # type: ignore[arg-type]
+        return made[key]
+
+    return get

@@ -108,10 +108,16 @@ def default_target_modules(model_type: str) -> list[str] | None:
 
 
 def _linear_names(model: torch.nn.Module) -> list[str]:
+    """Names of the layers LoRA can wrap: linear layers, and GPT-2 style `Conv1D` projections."""
     import torch
+    from transformers.pytorch_utils import Conv1D
 
     return sorted(
-        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, Conv1D))
+        }
     )
 
 

@@ -1,0 +1,52 @@
+"""The serving stage: load a checkpoint directory and answer requests for its task.
+
+Plain Python below the Ray Serve deployments: `load_checkpoint` reads a checkpoint (and its
+`rayformers.json`), `build_handler` picks the task's handler from the registry, and the handler's
+`predict(inputs, parameters)` returns one JSON-able output per input:
+
+    loaded = load_checkpoint("runs/sentiment/best")
+    handler = build_handler(loaded)
+    handler.predict(["what a great movie"], {"top_k": 2})
+
+Names are resolved on first use, so importing `serving.errors` (e.g. in the HTTP layer) does not
+import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "CheckpointError",
+    "Handler",
+    "InputError",
+    "LoadedModel",
+    "ServingError",
+    "UnknownAdapterError",
+    "build_handler",
+    "load_checkpoint",
+    "resolve_dtype",
+]
+
+_WHERE = {
+    "CheckpointError": "serving.errors",
+    "InputError": "serving.errors",
+    "ServingError": "serving.errors",
+    "UnknownAdapterError": "serving.errors",
+    "LoadedModel": "serving.checkpoint",
+    "load_checkpoint": "serving.checkpoint",
+    "resolve_dtype": "serving.checkpoint",
+    "Handler": "serving.handlers.base",
+    "build_handler": "serving.handlers.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,146 @@
+"""Ray Serve application builders and the deploy config that `rayformers serve build` writes.
+
+`build_app(AppArgs)` is one served checkpoint: a FastAPI ingress in front of the model deployment.
+`build_gateway(GatewayArgs)` is the app at `/`: the index, the OpenAI routes and JSON 404s. Both take
+typed arguments, so a config file naming `serving.app:build_app` with its `args` works unchanged with
+`serve run FILE`, `serve deploy FILE` and a KubeRay RayService `serveConfigV2`.
+"""
+
+# No `from __future__ import annotations`: Ray Serve reads the builders' argument annotation to
+# validate `args` into AppArgs / GatewayArgs, and a string annotation would hand them a plain dict.
+import json
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import BackpressureConfig
+
+from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
+from rayformers.manifest import CHECKPOINT_MANIFEST
+from serving.args import AppArgs, GatewayApp, GatewayArgs
+from serving.errors import CheckpointError
+from serving.schemas import schema_for
+
+__all__ = ["GATEWAY", "app_args", "build_app", "build_gateway", "checked", "deploy_config", "task_of"]
+
+GATEWAY = "gateway"
+_RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
+
+
+def task_of(args: AppArgs) -> str:
+    """The app's task: as configured, else as the checkpoint's manifest says (local or cloud)."""
+    import fsspec
+
+    manifest_path = args.checkpoint.rstrip("/") + "/" + CHECKPOINT_MANIFEST
+    try:
+        with fsspec.open(manifest_path, "r", encoding="utf-8") as f:
+            recorded = json.load(f).get("task")
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ImportError, ValueError) as err:  # unreachable storage, or no filesystem for its scheme
+        if args.task:
+            return args.task
+        raise CheckpointError(
+            f"serve.apps[{args.name}].checkpoint: cannot read {manifest_path} ({err}); set the app's `task`"
+        ) from err
+    if recorded and args.task and recorded != args.task:
+        raise CheckpointError(
+            f"serve.apps[{args.name}]: task is {args.task!r} but {args.checkpoint} holds a {recorded!r} "
+            "checkpoint; fix the app's task or its checkpoint"
+        )
+    task = recorded or args.task
+    if task is None:
+        raise CheckpointError(
+            f"serve.apps[{args.name}].checkpoint: {args.checkpoint} has no {CHECKPOINT_MANIFEST} (not a "
+            "rayformers checkpoint, or not trained yet); train it first, or set the app's `task` to serve a "
+            "plain Hugging Face directory"
+        )
+    return task
+
+
+def build_app(args: AppArgs) -> Application:
+    """One served checkpoint: `/{name}/predict`, `/{name}/info`, `/{name}/docs`."""
+    from serving.ingress import ingress_deployment
+    from serving.replica import ModelReplica
+
+    task = task_of(args)
+    args = args.model_copy(update={"task": task})
+    schema = schema_for(task)
+    auto = args.autoscaling
+    autoscaling: dict[str, Any] = {
+        "min_replicas": auto.min_replicas,
+        "max_replicas": auto.max_replicas,
+        "target_ongoing_requests": auto.target_ongoing_requests,
+        "upscale_delay_s": auto.upscale_delay_s,
+        "downscale_delay_s": auto.downscale_delay_s,
+        "look_back_period_s": auto.look_back_period_s,
+    }
+    if auto.initial_replicas is not None:
+        autoscaling["initial_replicas"] = auto.initial_replicas
+    model = ModelReplica.options(
+        autoscaling_config=autoscaling,
+        # A replica must hold a full batch at once, or batches never fill (Serve's default is 5).
+        max_ongoing_requests=args.max_ongoing_requests or 2 * args.max_batch_size,
+        max_queued_requests=args.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
+        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+    ).bind(args.model_dump(mode="json"))
+    return ingress_deployment(args, schema).bind(model)  # type: ignore[no-any-return]
+
+
+def build_gateway(args: GatewayArgs) -> Application:
+    """The app at `/`: index, OpenAI-compatible `/v1/*`, JSON 404 for unknown apps."""
+    from serving.gateway import gateway_deployment
+
+    return gateway_deployment(args).bind()  # type: ignore[no-any-return]
+
+
+def app_args(cfg: RunConfig) -> list[AppArgs]:
+    """The apps a run config serves; with none listed, this run's best checkpoint, named after its task."""
+    apps = list(cfg.serve.apps)
+    if not apps:
+        storage = cfg.train.storage_path.rstrip("/")
+        name = cfg.train.name or f"{cfg.model.task}-{cfg.model.method}"
+        apps = [ServeAppConfig(name=cfg.model.task, checkpoint=f"{storage}/{name}/best")]
+    return checked(cfg.serve, apps)
+
+
+def checked(serve: ServeConfig, apps: list[ServeAppConfig]) -> list[AppArgs]:
+    """`apps` as builder arguments, after checking their names can all be routes."""
+    names = [a.name for a in apps]
+    for name in names:
+        if name in _RESERVED:
+            raise CheckpointError(f"serve.apps: the name {name!r} is reserved; rename the app")
+        if names.count(name) > 1:
+            raise CheckpointError(f"serve.apps: two apps are named {name!r}; app names must be unique")
+    return [AppArgs(**a.model_dump(), max_body_bytes=serve.max_body_bytes) for a in apps]
+
+
+def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
+    """A Ray Serve deploy config (`ServeDeploySchema`) for `apps` plus the gateway."""
+    tasks = {a.name: task_of(a) for a in apps}
+    applications = [
+        {
+            "name": a.name,
+            "route_prefix": f"/{a.name}",
+            "import_path": "serving.app:build_app",
+            "args": a.model_copy(update={"task": tasks[a.name]}).model_dump(mode="json"),
+        }
+        for a in apps
+    ]
+    gateway = GatewayArgs(
+        apps=[GatewayApp(name=a.name, task=tasks[a.name], adapters=sorted(a.adapters)) for a in apps],  # type: ignore[arg-type]
+        max_body_bytes=serve.max_body_bytes,
+    )
+    applications.append(
+        {
+            "name": GATEWAY,
+            "route_prefix": "/",
+            "import_path": "serving.app:build_gateway",
+            "args": gateway.model_dump(mode="json"),
+        }
+    )
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": serve.host, "port": serve.port},
+        "applications": applications,
+    }

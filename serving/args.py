@@ -1,0 +1,36 @@
+"""Typed arguments of the Serve application builders: what `rayformers serve build` writes into a Ray
+Serve config file (and a RayService's `serveConfigV2`), validated by Serve against these models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rayformers.config import ServeAppConfig
+from rayformers.tasks import TaskName
+
+__all__ = ["AppArgs", "GatewayApp", "GatewayArgs"]
+
+
+class AppArgs(ServeAppConfig):
+    """`serving.app:build_app` arguments: one app's serve config plus the HTTP body limit."""
+
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+
+
+class GatewayApp(BaseModel):
+    """One app as the gateway knows it: where OpenAI-style `model` names lead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="App name (its route prefix).")
+    task: TaskName = Field(description="The app's task.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters the app serves.")
+
+
+class GatewayArgs(BaseModel):
+    """`serving.app:build_gateway` arguments: the apps behind `/v1/*` and the app index at `/`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    apps: list[GatewayApp] = Field(description="Served apps.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")

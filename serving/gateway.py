@@ -1,0 +1,213 @@
+"""The gateway app at `/`: an index of the served apps, OpenAI-compatible routes under `/v1`, and a JSON
+404 for any path no app owns (Ray Serve's own answer there is plain text).
+
+OpenAI `model` names pick the app (`sentiment`) or one of its LoRA adapters (`sentiment/legal`); the
+gateway calls the app's model deployment directly, through the same batching as `/{app}/predict`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations.
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from serving import openai as oai
+from serving.args import GatewayApp, GatewayArgs
+from serving.ingress import RETRY_AFTER_S, call_model
+from serving.responses import ApiError, install
+
+__all__ = ["gateway_deployment"]
+
+
+def _model_ids(apps: list[GatewayApp]) -> list[str]:
+    return [i for a in apps for i in [a.name, *(f"{a.name}/{x}" for x in a.adapters)]]
+
+
+def gateway_deployment(args: GatewayArgs) -> Any:
+    app = FastAPI(
+        title="rayformers",
+        description="Served apps, and OpenAI-compatible routes that pick an app by `model`.",
+        version="1",
+    )
+    install(app, args.max_body_bytes)
+    apps = {a.name: a for a in args.apps}
+
+    def resolve(model: str, tasks: tuple[str, ...], route: str) -> tuple[GatewayApp, str | None]:
+        name, _, adapter = model.partition("/")
+        found = apps.get(name)
+        if found is None or (adapter and adapter not in found.adapters):
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"model: {model!r} is not served; known models: {', '.join(_model_ids(args.apps)) or 'none'}",
+                field="model",
+                extra={"known": _model_ids(args.apps)},
+            )
+        if found.task not in tasks:
+            fitting = [a.name for a in args.apps if a.task in tasks]
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"model: {model!r} is a {found.task} app; {route} needs a {' or '.join(tasks)} app "
+                f"({', '.join(fitting) or 'none is served'})",
+                field="model",
+            )
+        return found, adapter or None
+
+    @serve.ingress(app)
+    class Gateway:
+        def _handle(self, name: str) -> Any:
+            return serve.get_deployment_handle("Model", app_name=name)
+
+        @app.get("/", summary="The served apps and their routes.")
+        async def index(self, request: Request) -> dict[str, Any]:
+            base = str(request.base_url).rstrip("/")
+            return {
+                "apps": [
+                    {
+                        "name": a.name,
+                        "task": a.task,
+                        "adapters": a.adapters,
+                        "predict": f"{base}/{a.name}/predict",
+                        "info": f"{base}/{a.name}/info",
+                        "docs": f"{base}/{a.name}/docs",
+                    }
+                    for a in args.apps
+                ],
+                "openai": f"{base}/v1",
+            }
+
+        @app.get("/v1/models", summary="OpenAI: the models (apps and adapters) served.")
+        async def models(self) -> dict[str, Any]:
+            created = int(time.time())
+            return {
+                "object": "list",
+                "data": [
+                    {"id": i, "object": "model", "created": created, "owned_by": "rayformers"}
+                    for i in _model_ids(args.apps)
+                ],
+            }
+
+        @app.post("/v1/completions", summary="OpenAI: complete a prompt (text-generation apps).")
+        async def completions(self, body: oai.CompletionRequest) -> Any:
+            target, adapter = resolve(body.model, ("text-generation",), "/v1/completions")
+            prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+            if not prompts:
+                raise ApiError(
+                    422, "invalid_request", "prompt: an empty list; send at least one prompt", field="prompt"
+                )
+            params = oai.generation_parameters(body, body.max_tokens)
+            handle = self._handle(target.name)
+            if body.stream:
+                if len(prompts) != 1:
+                    raise ApiError(422, "invalid_request", "prompt: stream takes one prompt", field="prompt")
+                prefix = prompts[0] if body.echo else ""
+                return self._stream(
+                    "text_completion", body.model, handle, prompts[0], params, adapter, prefix
+                )
+            texts, finish, used = await self._complete(handle, prompts, params, adapter)
+            if body.echo:
+                texts = [p + t for p, t in zip(prompts, texts, strict=True)]
+            return oai.completion_response("text_completion", body.model, texts, finish, *used)
+
+        @app.post("/v1/chat/completions", summary="OpenAI: answer a chat (text-generation apps).")
+        async def chat(self, body: oai.ChatCompletionRequest) -> Any:
+            target, adapter = resolve(body.model, ("text-generation",), "/v1/chat/completions")
+            handle = self._handle(target.name)
+            prompt = await handle.chat_prompt.remote([m.model_dump() for m in body.messages])
+            params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens)
+            if body.stream:
+                return self._stream("chat.completion", body.model, handle, prompt, params, adapter, "")
+            texts, finish, used = await self._complete(handle, [prompt], params, adapter)
+            return oai.completion_response("chat.completion", body.model, texts, finish, *used)
+
+        @app.post("/v1/embeddings", summary="OpenAI: embed texts (feature-extraction apps).")
+        async def embeddings(self, body: oai.EmbeddingRequest) -> dict[str, Any]:
+            target, adapter = resolve(body.model, ("feature-extraction",), "/v1/embeddings")
+            texts = [body.input] if isinstance(body.input, str) else body.input
+            if not texts:
+                raise ApiError(
+                    422, "invalid_request", "input: an empty list; send at least one text", field="input"
+                )
+            handle = self._handle(target.name)
+            reply = await call_model(handle, texts, {}, adapter)
+            tokens = sum(await handle.count_tokens.remote(texts))
+            data = []
+            for i, vector in enumerate(reply.outputs):
+                value: Any = vector
+                if body.encoding_format == "base64":
+                    value = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+                data.append({"object": "embedding", "index": i, "embedding": value})
+            return {
+                "object": "list",
+                "data": data,
+                "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+
+        @app.api_route(
+            "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+        )
+        async def unknown(self, path: str) -> JSONResponse:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no app serves '/{path}'; served apps: {', '.join(apps) or 'none'} (GET / lists their routes)",
+                extra={"apps": list(apps)},
+            )
+
+        async def _complete(
+            self, handle: Any, prompts: list[str], params: dict[str, Any], adapter: str | None
+        ) -> tuple[list[str], list[str], tuple[int, int]]:
+            reply = await call_model(handle, prompts, params, adapter)
+            texts = [out[0]["generated_text"] for out in reply.outputs]
+            usage = reply.usage or []
+            finish = [u["finish_reason"] for u in usage]
+            return (
+                texts,
+                finish,
+                (sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)),
+            )
+
+        def _stream(
+            self, kind: Any, model: str, handle: Any, prompt: str, params: dict[str, Any], adapter: str | None,
+            prefix: str,
+        ) -> StreamingResponse:  # fmt: skip
+            rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            chunks = handle.options(stream=True, multiplexed_model_id=adapter or "").stream.remote(
+                prompt, params, adapter
+            )
+
+            async def events() -> AsyncIterator[str]:
+                def event(payload: dict[str, Any]) -> str:
+                    return f"data: {json.dumps(payload)}\n\n"
+
+                finish = "stop"
+                try:
+                    yield event(oai.stream_chunk(kind, rid, created, model, prefix or None, role=True))
+                    async for item in chunks:
+                        if "delta" in item:
+                            yield event(oai.stream_chunk(kind, rid, created, model, item["delta"]))
+                        elif item.get("usage"):
+                            finish = item["usage"]["finish_reason"]
+                    yield event(oai.stream_chunk(kind, rid, created, model, None, finish))
+                except BackPressureError:
+                    yield event({"error": {"type": "overloaded", "message": "the app's queue is full",
+                                           "retry_after": RETRY_AFTER_S}})  # fmt: skip
+                except Exception as err:  # the stream has begun: the error goes in the stream
+                    yield event({"error": {"type": "model_error", "message": f"{type(err).__name__}: {err}"}})
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+    return serve.deployment(
+        Gateway, name="Gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+    )

@@ -1,0 +1,157 @@
+"""OpenAI-compatible request and response schemas, and how chat messages become one prompt.
+
+Only what the served tasks can honour is accepted: `n` must be 1, `logprobs` unset; fields that
+clients commonly send and that do not change the answer (`user`, zero penalties) are taken and ignored.
+Anything else is a 422 that names it, like every other route.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "chat_prompt",
+    "completion_response",
+    "generation_parameters",
+    "stream_chunk",
+]
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="An app name, or `app/adapter` for a LoRA adapter of that app.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+
+class _Sampling(_OpenAIRequest):
+    max_tokens: int | None = Field(default=None, ge=1, le=4096, description="Most tokens to generate.")
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 decodes greedily.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: Literal[1] = Field(default=1, description="Only one choice per prompt is produced.")
+    stream: bool = Field(default=False, description="Stream deltas as server-sent events.")
+    stop: str | list[str] | None = Field(
+        default=None, description="Stop sequences (not included in the text)."
+    )
+    seed: int | None = None
+    presence_penalty: Literal[0, 0.0] = 0.0
+    frequency_penalty: Literal[0, 0.0] = 0.0
+    logprobs: None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(description="A prompt, or several (not with stream).")
+    echo: bool = Field(default=False, description="Prefix each choice's text with its prompt.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+
+
+class EmbeddingRequest(_OpenAIRequest):
+    input: str | list[str] = Field(description="A text, or a non-empty list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: None = None
+
+
+DEFAULT_MAX_TOKENS = 16
+
+
+def generation_parameters(request: _Sampling, max_tokens: int | None) -> dict[str, Any]:
+    """OpenAI sampling fields as text-generation handler parameters."""
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    params: dict[str, Any] = {
+        "max_new_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+        "do_sample": request.temperature > 0,
+        "return_full_text": False,
+        "stop": stop,
+    }
+    if request.temperature > 0:
+        params.update(temperature=request.temperature, top_p=request.top_p)
+    if request.seed is not None:
+        params["seed"] = request.seed
+    return params
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The model's own chat template when its tokenizer has one; else a plain transcript that ends
+    where the assistant speaks."""
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+def _ids(prefix: str) -> tuple[str, int]:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+
+
+def completion_response(
+    kind: Literal["text_completion", "chat.completion"],
+    model: str,
+    texts: list[str],
+    finish: list[str],
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    rid, created = _ids("cmpl" if kind == "text_completion" else "chatcmpl")
+    if kind == "text_completion":
+        choices = [
+            {"index": i, "text": t, "logprobs": None, "finish_reason": f}
+            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+        ]
+    else:
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": f}
+            for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+        ]
+    return {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def stream_chunk(
+    kind: Literal["text_completion", "chat.completion"],
+    rid: str,
+    created: int,
+    model: str,
+    delta: str | None,
+    finish: str | None = None,
+    role: bool = False,
+) -> dict[str, Any]:
+    """One server-sent event's payload, in the shape OpenAI clients parse."""
+    if kind == "text_completion":
+        choice: dict[str, Any] = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        obj = "text_completion"
+    else:
+        content: dict[str, Any] = {"role": "assistant"} if role else {}
+        if delta:
+            content["content"] = delta
+        choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}

@@ -1,0 +1,112 @@
+"""`rayformers serve` as a user runs it: a served checkpoint answers over HTTP, SIGTERM shuts Serve and
+Ray down cleanly; `serve build` writes a file that Ray's schema accepts and `serve run` serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _predict(url: str, body: dict, deadline: float) -> object:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _ray_processes_of(root: psutil.Process) -> list[psutil.Process]:
+    return [p for p in root.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_serve_a_checkpoint_then_sigterm_stops_everything(tiny_checkpoint):
+    checkpoint = tiny_checkpoint("text-classification")
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rayformers.cli", "serve", "--checkpoint", str(checkpoint), "--name", "reviews",
+         "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        answer = _predict(
+            f"http://127.0.0.1:{port}/reviews/predict", {"inputs": "fine"}, time.monotonic() + 240
+        )
+        assert set(answer) == {"label", "score"}  # type: ignore[arg-type]
+        children = _ray_processes_of(psutil.Process(process.pid))
+        assert children, "serve started no Ray processes"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    assert f"http://127.0.0.1:{port}/reviews" in output
+    time.sleep(2)
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_serve_build_writes_a_config_that_serve_run_serves(tiny_checkpoint, tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    port = _free_port()
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"train": {"path": str(REPO / "data/samples/sentiment/train.jsonl")}},
+                "model": {"task": "text-classification", "name": "unused"},
+                "serve": {"port": port, "apps": [{"name": "reviews", "checkpoint": str(tiny_checkpoint("text-classification")), "num_cpus": 0.5}]},
+            }
+        )
+    )  # fmt: skip
+    out_file = tmp_path / "serve.yaml"
+    built = subprocess.run(
+        [sys.executable, "-m", "rayformers.cli", "serve", "build", str(config), "-o", str(out_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(out_file.read_text()))
+    assert [a.name for a in schema.applications] == ["reviews", "gateway"]
+    serve_bin = Path(sys.executable).with_name("serve")
+    process = subprocess.Popen(
+        [str(serve_bin), "run", str(out_file)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        answer = _predict(
+            f"http://127.0.0.1:{port}/reviews/predict", {"inputs": ["fine", "bad"]}, time.monotonic() + 240
+        )
+        assert len(answer) == 2  # type: ignore[arg-type]
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

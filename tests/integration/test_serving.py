@@ -1,0 +1,351 @@
+"""Ray Serve end to end over real HTTP: one app per task from tiny checkpoints, the gateway with the
+OpenAI routes, dynamic batching, LoRA multiplexing, autoscaling, and every error class."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+LONG_CONTEXT = " ".join(f"Filler sentence number {i} says nothing much." for i in range(30))
+# One request per task: (app, inputs, parameters).
+EXAMPLES = {
+    "text-classification": (
+        "sentiment",
+        ["a great film", "a dull and tiring book, I regret it"],
+        {"top_k": 2},
+    ),
+    "token-classification": ("ner", ["Alice Novak flew to Toronto ."], {"aggregation_strategy": "none"}),
+    "question-answering": (
+        "qa",
+        [{"question": "Who led the team?", "context": "The team was led by Alice Novak. " + LONG_CONTEXT}],
+        {"top_k": 2},
+    ),
+    "fill-mask": ("fill-mask", ["the film was [MASK] ."], {"top_k": 3}),
+    "text-generation": ("gen", ["the film was"], {"max_new_tokens": 8}),
+    "summarization": ("summarize", ["Alice Novak was elected mayor of Toronto on Tuesday. It rained."], {}),
+    "translation": ("translate", ["a small river pushed the red queen."], {"max_new_tokens": 8}),
+    "zero-shot-classification": (
+        "zero-shot",
+        ["the match ended in a draw"],
+        {"candidate_labels": ["sports", "politics", "cooking"]},
+    ),
+    "feature-extraction": ("embed", ["a cat sat on the mat", "a dog"], {}),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    from serving.app import checked
+    from serving.server import deploy
+
+    small = {"num_cpus": 0.05}
+    apps = [
+        ServeAppConfig(name=app, checkpoint=str(tiny_checkpoint(task)), **small)
+        for task, (app, _, _) in EXAMPLES.items()
+        if app != "sentiment"
+    ]
+    apps += [
+        ServeAppConfig(
+            name="sentiment",
+            checkpoint=str(tiny_checkpoint("text-classification")),
+            max_batch_size=8,
+            batch_wait_timeout_s=0.25,
+            **small,
+        ),
+        ServeAppConfig(
+            name="lora",
+            checkpoint=str(tiny_checkpoint("text-classification", method="lora", adapter_seed=1)),
+            adapters={
+                "one": str(tiny_checkpoint("text-classification", method="lora", adapter_seed=1)),
+                "two": str(tiny_checkpoint("text-classification", method="lora", adapter_seed=2)),
+            },
+            **small,
+        ),
+        # Small queues, few inputs per request, and autoscaling with short delays.
+        ServeAppConfig(
+            name="busy",
+            checkpoint=str(tiny_checkpoint("text-generation")),
+            max_batch_size=1,
+            max_ongoing_requests=1,
+            max_queued_requests=1,
+            max_inputs_per_request=4,
+            autoscaling={
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 1,
+                "upscale_delay_s": 0.5,
+                "downscale_delay_s": 2,
+                "look_back_period_s": 2,
+            },
+            **small,
+        ),
+        ServeAppConfig(
+            name="broken", checkpoint=str(_broken_checkpoint(tiny_checkpoint, tmp_path_factory)), **small
+        ),
+    ]
+    serve_cfg = ServeConfig(port=_free_port(), max_body_bytes=20_000)
+    served = deploy(serve_cfg, checked(serve_cfg, apps), ClusterConfig(), progress=lambda _: None)
+    yield served.base
+    served.shutdown()
+
+
+def _broken_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A classifier whose embedding table was cut short: words with high token ids make the model itself
+    raise (an index error inside torch), while the warm-up words still work."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("broken") / "checkpoint"
+    shutil.copytree(tiny_checkpoint("text-classification"), directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    keep = max(tokenizer("Hello world.")["input_ids"]) + 1
+    assert max(tokenizer(BROKEN_WORD)["input_ids"]) >= keep
+    weights = load_file(directory / "model.safetensors")
+    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    weights[name] = weights[name][:keep].clone()
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["vocab_size"] = keep
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+BROKEN_WORD = "zebra"
+
+
+def post(base: str, path: str, body: object, **kwargs) -> requests.Response:
+    return requests.post(f"{base}{path}", json=body, timeout=60, **kwargs)
+
+
+def in_process(checkpoint: Path, inputs, parameters):
+    from serving.checkpoint import load_checkpoint
+    from serving.handlers.base import build_handler
+
+    return build_handler(load_checkpoint(str(checkpoint))).predict(inputs, parameters)
+
+
+def close(a, b, tol=1e-4) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.mark.parametrize("task", list(EXAMPLES))
+def test_every_task_answers_over_http_as_the_in_process_model_does(server, tiny_checkpoint, task):
+    app, inputs, parameters = EXAMPLES[task]
+    response = post(server, f"/{app}/predict", {"inputs": inputs, "parameters": parameters})
+    assert response.status_code == 200, response.text
+    served = response.json()
+    assert len(served) == len(inputs)
+    assert close(served, in_process(tiny_checkpoint(task), inputs, parameters)), (served, task)
+    info = requests.get(f"{server}/{app}/info", timeout=30).json()
+    assert info["task"] == task
+    one = post(server, f"/{app}/predict", {"inputs": inputs[0], "parameters": parameters})
+    assert one.status_code == 200 and close(one.json(), served[0])  # a single input gets a single answer
+
+
+def test_shapes_are_the_pipelines_shapes(server):
+    top2 = post(server, "/sentiment/predict", {"inputs": ["good"], "parameters": {"top_k": 2}}).json()[0]
+    assert {d["label"] for d in top2} == {"negative", "positive"} and abs(
+        sum(d["score"] for d in top2) - 1
+    ) < 1e-5
+    top1 = post(server, "/sentiment/predict", {"inputs": "good"}).json()
+    assert set(top1) == {"label", "score"}
+    context = "The team was led by Alice Novak. " + LONG_CONTEXT
+    answer = post(server, "/qa/predict", {"inputs": {"question": "Who?", "context": context}}).json()
+    assert context[answer["start"] : answer["end"]] == answer["answer"]
+    text = "Alice Novak flew to Toronto ."
+    for entity in post(server, "/ner/predict", {"inputs": text}).json():
+        assert 0 <= entity["start"] < entity["end"] <= len(text) and entity["entity_group"] != "O"
+    zero = post(
+        server, "/zero-shot/predict", {"inputs": "x", "parameters": {"candidate_labels": ["a", "b"]}}
+    ).json()
+    assert sorted(zero["labels"]) == ["a", "b"] and abs(sum(zero["scores"]) - 1) < 1e-5
+    vectors = post(server, "/embed/predict", {"inputs": ["a", "b c"]}).json()
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
+    generated = post(server, "/gen/predict", {"inputs": "the", "parameters": {"max_new_tokens": 4}}).json()
+    assert generated[0]["generated_text"].startswith("the")
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(server):
+    texts = [f"review number {i} {'great' * (i % 3)} {'awful' * (i % 2)}" for i in range(16)]
+    alone = [post(server, "/sentiment/predict", {"inputs": [t]}).json()[0] for t in texts]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda t: post(server, "/sentiment/predict", {"inputs": [t]}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1
+    for response, expected in zip(responses, alone, strict=True):
+        assert close(response.json()[0], expected, 1e-5)
+
+
+def test_two_adapters_on_one_base_answer_differently_and_an_unknown_one_is_404(server):
+    body = {"inputs": ["an ordinary sentence"], "parameters": {"top_k": 2}}
+    one = post(server, "/lora/predict", body, headers={"serve_multiplexed_model_id": "one"})
+    two = post(server, "/lora/predict", body, headers={"serve_multiplexed_model_id": "two"})
+    assert one.status_code == two.status_code == 200
+    scores = [{d["label"]: d["score"] for d in r.json()[0]} for r in (one, two)]
+    assert abs(scores[0]["positive"] - scores[1]["positive"]) > 1e-3
+    missing = post(server, "/lora/predict", body, headers={"serve_multiplexed_model_id": "three"})
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert (
+        error["type"] == "unknown_adapter"
+        and error["known"] == ["one", "two"]
+        and "three" in error["message"]
+    )
+
+
+def _replicas(app: str) -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[app].deployments["Model"]
+    return int(deployment.replica_states.get("RUNNING", 0))
+
+
+def test_an_app_scales_to_two_replicas_under_load_and_back_to_one(server):
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            post(server, "/busy/predict", {"inputs": "the", "parameters": {"max_new_tokens": 40}})
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 90
+        while _replicas("busy") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _replicas("busy") == 2
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    deadline = time.monotonic() + 90
+    while _replicas("busy") > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _replicas("busy") == 1
+
+
+def _error(response: requests.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error"]
+
+
+def test_bad_requests_get_422_naming_the_field(server):
+    raw = requests.post(
+        f"{server}/sentiment/predict",
+        data="{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert "malformed JSON" in _error(raw, 422)["message"]
+    assert _error(post(server, "/sentiment/predict", {"parameters": {}}), 422)["field"] == "inputs"
+    assert _error(post(server, "/sentiment/predict", {"inputs": []}), 422)["field"] == "inputs"
+    assert _error(post(server, "/sentiment/predict", {"inputs": 42}), 422)["field"].startswith("inputs")
+    unknown = _error(post(server, "/sentiment/predict", {"inputs": "x", "parameters": {"topk": 2}}), 422)
+    assert "topk" in unknown["message"] and unknown["field"] == "parameters.topk"
+    wrong_type = _error(
+        post(server, "/sentiment/predict", {"inputs": "x", "parameters": {"top_k": "many"}}), 422
+    )
+    assert wrong_type["field"] == "parameters.top_k"
+    no_mask = _error(post(server, "/fill-mask/predict", {"inputs": ["no mask here"]}), 422)
+    assert "[MASK]" in no_mask["message"] and no_mask["field"].startswith("inputs")
+
+
+def test_limits_get_413_with_the_limit(server):
+    many = _error(post(server, "/busy/predict", {"inputs": ["a"] * 5}), 413)
+    assert many["limit"] == 4 and "4" in many["message"]
+    big = _error(post(server, "/sentiment/predict", {"inputs": "word " * 10_000}), 413)
+    assert big["limit"] == 20_000
+
+
+def test_unknown_app_is_a_json_404_listing_the_apps(server):
+    error = _error(requests.get(f"{server}/nope/predict", timeout=30), 404)
+    assert "sentiment" in error["apps"] and "nope" in error["message"]
+
+
+def test_a_full_queue_answers_503_with_retry_after(server):
+    body = {"inputs": "the", "parameters": {"max_new_tokens": 60}}
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda _: post(server, "/busy/predict", body), range(12)))
+    statuses = [r.status_code for r in responses]
+    assert 200 in statuses and 503 in statuses, statuses
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["Retry-After"] == "1" and _error(rejected, 503)["type"] == "overloaded"
+
+
+def test_a_model_error_is_a_500_with_a_request_id_and_the_replica_keeps_serving(server):
+    error = _error(post(server, "/broken/predict", {"inputs": f"a {BROKEN_WORD}"}), 500)
+    assert error["type"] == "model_error" and error["request_id"]
+    assert post(server, "/broken/predict", {"inputs": "Hello world."}).status_code == 200
+    # The handler refuses what it can foresee as a bad request (422), before the model runs.
+    too_long = post(server, "/gen/predict", {"inputs": "the", "parameters": {"max_new_tokens": 1000}})
+    assert _error(too_long, 422)["field"] == "parameters.max_new_tokens"
+
+
+def test_openai_routes(server):
+    models = {m["id"] for m in requests.get(f"{server}/v1/models", timeout=30).json()["data"]}
+    assert {"gen", "embed", "lora/one", "lora/two"} <= models
+    completion = post(
+        server, "/v1/completions", {"model": "gen", "prompt": "the film", "max_tokens": 5, "temperature": 0}
+    )
+    assert completion.status_code == 200, completion.text
+    body = completion.json()
+    expected = in_process_generation(server, "the film", 5)
+    assert body["choices"][0]["text"] == expected and body["usage"]["prompt_tokens"] > 0
+    chat = post(server, "/v1/chat/completions", {"model": "gen", "messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 4, "temperature": 0})  # fmt: skip
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["role"] == "assistant"
+    streamed = requests.post(
+        f"{server}/v1/completions",
+        json={"model": "gen", "prompt": "the film", "max_tokens": 5, "temperature": 0, "stream": True},
+        stream=True,
+        timeout=60,
+    )
+    events = [line[6:] for line in streamed.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+    assert text == expected
+    embeddings = post(
+        server, "/v1/embeddings", {"model": "embed", "input": ["a cat sat on the mat", "a dog"]}
+    )
+    vectors = [d["embedding"] for d in embeddings.json()["data"]]
+    assert close(
+        vectors, post(server, "/embed/predict", {"inputs": ["a cat sat on the mat", "a dog"]}).json()
+    )
+    wrong = _error(post(server, "/v1/completions", {"model": "sentiment", "prompt": "x"}), 422)
+    assert wrong["field"] == "model"
+    assert (
+        _error(post(server, "/v1/embeddings", {"model": "nope", "input": "x"}), 404)["type"]
+        == "unknown_model"
+    )
+
+
+def in_process_generation(server: str, prompt: str, tokens: int) -> str:
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": tokens, "return_full_text": False}}
+    return str(post(server, "/gen/predict", body).json()[0]["generated_text"])
