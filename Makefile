@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 STAMP := $(VENV)/.rayformers-installed
 
-.PHONY: setup test lint format quickstart clean
+.PHONY: setup test lint format quickstart k8s-validate clean
 
 setup: $(STAMP)
 
@@ -34,10 +34,15 @@ format: setup
 test: setup lint
 	$(BIN)/python -m pytest tests
 
-# The data stage on the project's own sample data, offline: streamed, tokenized, previewed.
+# The whole flow offline on the project's own data: tokenizer, LoRA on 2 Ray Train workers, Serve, HTTP.
 quickstart: setup
-	$(BIN)/rayformers validate configs/text-classification/lora.yaml
-	$(BIN)/rayformers data preview configs/text-classification/lora.yaml --rows 3
+	$(BIN)/rayformers quickstart
+
+# Render k8s/base and every k8s/overlays/* with kubectl (kustomize v5) and validate each object offline:
+# KubeRay kinds against the CRDs in $KUBERAY_CRDS (default ../shared/kuberay-crds), unknown fields rejected;
+# core kinds against Kubernetes' schemas; the run config and the Serve config with the project's own models.
+k8s-validate: setup
+	$(BIN)/python k8s/validate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
