@@ -88,7 +88,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"({100 * trainable / total:.2f}%)",
             flush=True,
         )
-    model = ray.train.torch.prepare_model(model)
+    # Embedding training pools hidden states and never uses the encoder's pooler head: DDP must be told
+    # that some parameters get no gradient, or it fails at the first backward.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": task.name == "feature-extraction"}
+    )
     device = ray.train.torch.get_device()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
