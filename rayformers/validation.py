@@ -195,6 +195,19 @@ def cross_section_issues(sections: dict[str, BaseModel], raw: dict[str, Any]) ->
                     labels,
                 )
             )
+    if task is not None and task.name == "question-answering" and data is not None:
+        stride, max_length = data.stride, data.max_length  # type: ignore[attr-defined]
+        if 2 * stride >= max_length:
+            # Each window holds the question and special tokens too: a stride this close to the window
+            # size leaves no room to advance, and the tokenizer aborts the whole pipeline.
+            issues.append(
+                ConfigIssue(
+                    "data.stride",
+                    f"stride {stride} leaves overflow windows of max_length {max_length} no room to advance",
+                    f"use a stride below {max_length // 2} (a quarter of max_length is usual), or raise data.max_length",
+                    stride,
+                )
+            )
     if task is not None and train is not None:
         metric = train.metric  # type: ignore[attr-defined]
         if metric is not None and "/" not in metric and metric not in task.metrics and metric != "loss":

@@ -126,6 +126,20 @@ def test_zero_shot_needs_an_entailment_label():
     assert [i.path for i in issues_of(raw)] == ["data.labels"]
 
 
+def test_question_answering_windows_must_be_able_to_advance():
+    raw = {
+        "data": {"train": {"path": "t"}, "max_length": 64, "stride": 32},
+        "model": {"task": "question-answering", "name": "m"},
+    }
+    (issue,) = issues_of(raw)
+    assert issue.path == "data.stride" and "below 32" in issue.fix
+    raw["data"]["stride"] = 16
+    validate_mapping(raw, "x.yaml")
+    raw["model"]["task"] = "text-classification"  # stride means nothing there
+    raw["data"]["stride"] = 32
+    validate_mapping(raw, "x.yaml")
+
+
 def test_overrides_coerce_types():
     assert parse_override("train.learning_rate=3e-5") == (["train", "learning_rate"], "3e-5")
     assert parse_override("data.labels=[a, b]") == (["data", "labels"], ["a", "b"])
