@@ -352,6 +352,16 @@ class ServeAppConfig(_Section):
     )
     max_inputs_per_request: int = Field(default=64, ge=1, description="Inputs per request before 413.")
 
+    @model_validator(mode="after")
+    def _batch_can_fill(self) -> ServeAppConfig:
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}), so no batch could ever fill: raise max_ongoing_requests, lower "
+                "max_batch_size, or leave max_ongoing_requests unset (twice the batch size)"
+            )
+        return self
+
 
 class ServeConfig(_Section):
     """Ray Serve: HTTP settings and the apps to serve."""

@@ -40,6 +40,8 @@ class ResourceError(Exception):
 
 # How long a run waits for CPUs that something else holds before it gives up and says so.
 WORKER_WAIT_S = float(os.environ.get("RAYFORMERS_WORKER_WAIT_S", "120"))
+# How long a run on a joined cluster waits for its autoscaler to add the workers' nodes.
+AUTOSCALE_WAIT_S = float(os.environ.get("RAYFORMERS_AUTOSCALE_WAIT_S", "900"))
 # Worker groups that fail to start (resources taken after our check) are retried this often, not forever.
 STARTUP_RETRIES = 3
 
@@ -118,6 +120,20 @@ def wait_for_free_resources(cfg: RunConfig, timeout_s: float = WORKER_WAIT_S) ->
         time.sleep(0.5)
 
 
+def _request_workers(cfg: RunConfig) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        bundle["GPU"] = cfg.train.gpus_per_worker
+    print(
+        f"[rayformers] the cluster is short of {cfg.train.num_workers} x {bundle}; asking its autoscaler "
+        f"and waiting up to {AUTOSCALE_WAIT_S:g} s",
+        flush=True,
+    )
+    request_resources(bundles=[bundle] * cfg.train.num_workers)
+
+
 def _fingerprint(cfg: RunConfig) -> str:
     payload = json.dumps(
         {"data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.model.tokenizer_source}, sort_keys=True
@@ -143,7 +159,24 @@ def _tokenize_once(cfg: RunConfig, run_dir: Path) -> DataManifest:
 
 def run_training(cfg: RunConfig) -> TrainResult:
     """Run (or resume) the configured training; return the best checkpoint."""
-    check_resources(cfg, ray.cluster_resources())
+    try:
+        check_resources(cfg, ray.cluster_resources())
+    except ResourceError:
+        if cfg.cluster.address is None:
+            raise  # an embedded Ray never grows: say so at once
+        # A cluster we joined may autoscale (a KubeRay or launcher cluster often starts with no
+        # workers): ask its autoscaler for the workers, and wait for them (bounded) in the run.
+        _request_workers(cfg)
+        try:
+            return _run(cfg)
+        finally:  # a standing request would keep the autoscaled nodes up (and billed) forever
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
+    return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> TrainResult:
     name = run_name(cfg)
     storage = (
         cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)
@@ -155,7 +188,7 @@ def run_training(cfg: RunConfig) -> TrainResult:
     # waits behind them (reading Parquet is light next to the model's work). The V2 file datasource
     # plans a file-listing task that asks for a whole CPU whatever `num_cpus` says, and would wait forever.
     ray.data.DataContext.get_current().use_datasource_v2 = False
-    wait_for_free_resources(cfg)
+    wait_for_free_resources(cfg, WORKER_WAIT_S if cfg.cluster.address is None else AUTOSCALE_WAIT_S)
     datasets = {"train": ray.data.read_parquet(str(run_dir / "tokenized" / "train"), num_cpus=0)}
     if "validation" in manifest.splits:
         datasets["validation"] = ray.data.read_parquet(str(run_dir / "tokenized" / "validation"), num_cpus=0)
