@@ -27,7 +27,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _predict(url: str, body: dict, deadline: float) -> object:
+def _predict(url: str, body: dict, deadline: float, process: subprocess.Popen, log: Path) -> object:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
     )
@@ -36,6 +36,10 @@ def _predict(url: str, body: dict, deadline: float) -> object:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())
         except OSError:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the server exited with {process.returncode}:\n{log.read_text()[-5000:]}"
+                ) from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
@@ -45,24 +49,31 @@ def _ray_processes_of(root: psutil.Process) -> list[psutil.Process]:
     return [p for p in root.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_serve_a_checkpoint_then_sigterm_stops_everything(tiny_checkpoint):
+def test_serve_a_checkpoint_then_sigterm_stops_everything(tiny_checkpoint, tmp_path):
     checkpoint = tiny_checkpoint("text-classification")
     port = _free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
+    log = tmp_path / "serve.log"
+    # Output goes to a file: Ray writes more than a pipe holds, and an unread pipe would block the server.
     process = subprocess.Popen(
         [sys.executable, "-m", "rayformers.cli", "serve", "--checkpoint", str(checkpoint), "--name", "reviews",
          "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
         answer = _predict(
-            f"http://127.0.0.1:{port}/reviews/predict", {"inputs": "fine"}, time.monotonic() + 240
+            f"http://127.0.0.1:{port}/reviews/predict",
+            {"inputs": "fine"},
+            time.monotonic() + 240,
+            process,
+            log,
         )
         assert set(answer) == {"label", "score"}  # type: ignore[arg-type]
         children = _ray_processes_of(psutil.Process(process.pid))
         assert children, "serve started no Ray processes"
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
+        process.wait(timeout=120)
+        output = log.read_text()
     finally:
         if process.poll() is None:
             process.kill()
@@ -95,18 +106,24 @@ def test_serve_build_writes_a_config_that_serve_run_serves(tiny_checkpoint, tmp_
     schema = ServeDeploySchema.model_validate(yaml.safe_load(out_file.read_text()))
     assert [a.name for a in schema.applications] == ["reviews", "gateway"]
     serve_bin = Path(sys.executable).with_name("serve")
+    log = tmp_path / "serve-run.log"
     process = subprocess.Popen(
-        [str(serve_bin), "run", str(out_file)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+        [str(serve_bin), "run", str(out_file)], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        text=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, start_new_session=True,
     )  # fmt: skip
     try:
         answer = _predict(
-            f"http://127.0.0.1:{port}/reviews/predict", {"inputs": ["fine", "bad"]}, time.monotonic() + 240
+            f"http://127.0.0.1:{port}/reviews/predict",
+            {"inputs": ["fine", "bad"]},
+            time.monotonic() + 240,
+            process,
+            log,
         )
         assert len(answer) == 2  # type: ignore[arg-type]
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
