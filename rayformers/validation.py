@@ -210,7 +210,8 @@ def cross_section_issues(sections: dict[str, BaseModel], raw: dict[str, Any]) ->
             )
     if task is not None and train is not None:
         metric = train.metric  # type: ignore[attr-defined]
-        if metric is not None and "/" not in metric and metric not in task.metrics and metric != "loss":
+        is_module = metric is not None and ("/" in metric or metric.endswith(".py"))
+        if metric is not None and not is_module and metric not in task.metrics and metric != "loss":
             issues.append(
                 ConfigIssue(
                     "train.metric",

@@ -60,6 +60,16 @@ def embed_pair(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     return mean_pool(texts, batch["attention_mask"]), mean_pool(pairs, batch["pair_attention_mask"])
 
 
+# Tasks whose (prediction, reference) pairs a user's `evaluate` module can score as they are.
+_MODULE_TASKS = (
+    "text-classification",
+    "zero-shot-classification",
+    "token-classification",
+    "summarization",
+    "translation",
+)
+
+
 @torch.no_grad()
 def evaluate(
     model: Any,
@@ -68,8 +78,10 @@ def evaluate(
     settings: PreprocessSettings,
     tokenizer: Any,
     device: torch.device,
+    metric_module: str | None = None,
 ) -> dict[str, float]:
-    """The task's metrics (and mean loss) over every worker's batches."""
+    """The task's metrics (and mean loss) over every worker's batches; with `metric_module`, a user's
+    local `evaluate` module also scores the same predictions (classification, NER, seq2seq)."""
     core = model.module if hasattr(model, "module") else model
     core.eval()
     rows: list[Any] = []
@@ -149,5 +161,7 @@ def evaluate(
         result.update(m.rouge_metrics([p for p, _ in rows], [r for _, r in rows]))
     elif task == "translation":
         result.update(m.bleu_metrics([p for p, _ in rows], [r for _, r in rows]))
+    if metric_module and rows and task in _MODULE_TASKS:
+        result.update(m.module_metrics(metric_module, [p for p, _ in rows], [r for _, r in rows]))
     core.train()
     return result

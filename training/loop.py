@@ -65,6 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayformers.tasks import get_task
     from training.checkpoint import load_training_state, write_checkpoint
     from training.evaluation import evaluate
+    from training.metrics import is_module_path
     from training.model import build_model, parameter_counts
     from training.progress import Progress
 
@@ -158,7 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batches = ray.train.get_dataset_shard("validation").iter_torch_batches(
                 batch_size=train.batch_size, collate_fn=eval_collator, device=device
             )
-            metrics.update(evaluate(model, batches, task.name, settings, tokenizer, device))
+            module = train.metric if is_module_path(train.metric) else None
+            metrics.update(evaluate(model, batches, task.name, settings, tokenizer, device, module))
         history.append(metrics)
         progress.metrics(step, metrics)
         state = {

@@ -9,6 +9,7 @@ import math
 import re
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,21 @@ def recall_at_1(anchors: np.ndarray, positives: np.ndarray) -> dict[str, float]:
     p = positives / np.linalg.norm(positives, axis=1, keepdims=True).clip(1e-12)
     nearest = (a @ p.T).argmax(axis=1)
     return {"recall_at_1": float((nearest == np.arange(len(a))).mean())}
+
+
+def is_module_path(metric: str | None) -> bool:
+    """A `train.metric` that names a local `evaluate` module rather than a built-in metric."""
+    return metric is not None and ("/" in metric or metric.endswith(".py"))
+
+
+def module_metrics(path: str, predictions: Any, references: Any) -> dict[str, float]:
+    """A user's module's results as reported metrics: each value under `<module>/<key>`, and the first
+    one also under `path` itself, which is what ranks checkpoints when `train.metric` is that path."""
+    found = evaluate_module_metrics(path, predictions, references)
+    if not found:
+        return {}
+    name = Path(path.rstrip("/")).stem
+    return {path: next(iter(found.values())), **{f"{name}/{k}": v for k, v in found.items()}}
 
 
 def evaluate_module_metrics(path: str, predictions: Any, references: Any) -> dict[str, float]:

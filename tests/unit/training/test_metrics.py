@@ -51,3 +51,30 @@ def test_perplexity_and_retrieval():
     a = np.eye(3)
     assert recall_at_1(a, a + 0.1)["recall_at_1"] == 1.0
     assert recall_at_1(a, a[[1, 2, 0]])["recall_at_1"] == 0.0
+
+
+SHARE_RIGHT = """
+import datasets
+import evaluate
+
+
+class ShareRight(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="share of exact matches", citation="", inputs_description="",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return {"share_right": sum(p == r for p, r in zip(predictions, references)) / len(references), "n": len(references)}
+"""
+
+
+def test_a_local_evaluate_module_scores_predictions_offline_and_ranks_by_its_first_value(tmp_path):
+    from training.metrics import is_module_path, module_metrics
+
+    path = tmp_path / "share_right.py"
+    path.write_text(SHARE_RIGHT)
+    assert is_module_path(str(path)) and not is_module_path("accuracy") and not is_module_path(None)
+    found = module_metrics(str(path), [1, 0, 1, 1], [1, 1, 1, 0])
+    assert found == {str(path): 0.5, "share_right/share_right": 0.5, "share_right/n": 4.0}
