@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rayformers.config import ClusterConfig
 
-__all__ = ["RaySession", "connect"]
+__all__ = ["RaySession", "connect", "use_token_auth_if_set_up"]
+
+
+def use_token_auth_if_set_up() -> None:
+    """`ray start` (2.60) turns token authentication on and leaves the token in ~/.ray/auth_token; a
+    driver that joins such a cluster must run in token mode too, or it is refused (InvalidAuthToken).
+    Ray reads the mode when it is imported, so the CLI calls this before anything imports ray."""
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @dataclass
@@ -56,7 +65,11 @@ def connect(cluster: ClusterConfig) -> RaySession:
     if ray.is_initialized():
         return RaySession(owned=False, address=None)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
-    kwargs: dict[str, Any] = {"runtime_env": _runtime_env(cluster), "log_to_driver": True}
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        # Inside a submitted job the job's runtime env already applies (`rayformers submit` ships the
+        # same settings); Ray refuses a driver that names its own on top.
+        kwargs["runtime_env"] = _runtime_env(cluster)
     if cluster.address is None:
         # "local": an embedded Ray of its own. Without it `ray.init` joins whatever cluster RAY_ADDRESS or
         # /tmp/ray/ray_current_cluster names (say, one a `ray start` left behind) and shares its CPUs.

@@ -202,6 +202,36 @@ def _cmd_serve_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster_local(args: argparse.Namespace) -> int:
+    from cluster.local import start_local
+
+    local = start_local(args.nodes, args.cpus_per_node, args.port, args.dashboard_port)
+    print(f"started a local Ray cluster of {local.nodes} nodes ({args.cpus_per_node:g} CPU each)")
+    print(f"  address:   {local.address}     (configs: --set cluster.address={local.address})")
+    print(f"  dashboard: {local.dashboard}   (rayformers submit CONFIG --address {local.dashboard})")
+    print(
+        "  drivers that join it need RAY_AUTH_MODE=token (rayformers sets it); stop it: rayformers cluster down"
+    )
+    return 0
+
+
+def _cmd_cluster_down(args: argparse.Namespace) -> int:
+    from cluster.local import stop_local
+
+    stop_local()
+    print("stopped every Ray node on this machine")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from cluster.jobs import submit_training
+
+    cfg = load_config(args.config, args.overrides)  # refuse a bad config here, before anything is shipped
+    job_id, status = submit_training(args.config, args.overrides, args.address, cfg.cluster)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from rayformers.quickstart import run_quickstart
 
@@ -230,6 +260,26 @@ def _parser() -> argparse.ArgumentParser:
         "--keep-serving", action="store_true", help="Keep the app up after the demo requests (Ctrl-C stops)."
     )
     quickstart.set_defaults(run=_cmd_quickstart)
+
+    submit = commands.add_parser(
+        "submit", help="Run `train CONFIG` on a Ray cluster through the Jobs API; stream its logs."
+    )
+    _add_config(submit)
+    submit.add_argument("--address", required=True, help="The cluster's dashboard, e.g. http://HEAD:8265.")
+    submit.set_defaults(run=_cmd_submit)
+
+    cluster = commands.add_parser(
+        "cluster", help="A multi-node Ray cluster on this machine, for development."
+    )
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    local = cluster_commands.add_parser("local", help="Start a head and N-1 worker nodes here.")
+    local.add_argument("--nodes", type=int, default=2, help="Nodes, the head included (default 2).")
+    local.add_argument("--cpus-per-node", type=float, default=1, help="CPUs each node offers (default 1).")
+    local.add_argument("--port", type=int, default=6379, help="The head's GCS port.")
+    local.add_argument("--dashboard-port", type=int, default=8265, help="The dashboard (Jobs API) port.")
+    local.set_defaults(run=_cmd_cluster_local)
+    down = cluster_commands.add_parser("down", help="Stop every Ray node on this machine.")
+    down.set_defaults(run=_cmd_cluster_down)
 
     validate = commands.add_parser("validate", help="Check a config; list every problem at once.")
     _add_config(validate)
@@ -295,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
+    from cluster.jobs import SubmitError
+    from cluster.local import ClusterStartError
     from data.rows import DataError
     from serving.errors import ServingError
     from training.export import ExportError
@@ -309,7 +361,17 @@ def _user_error(exc: BaseException) -> BaseException | None:
             continue
         seen.add(id(current))
         if isinstance(
-            current, (DataError, ConfigError, ModelError, ResourceError, ExportError, ServingError)
+            current,
+            (
+                DataError,
+                ConfigError,
+                ModelError,
+                ResourceError,
+                ExportError,
+                ServingError,
+                SubmitError,
+                ClusterStartError,
+            ),
         ):
             return current
         stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
@@ -357,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve-build", *argv[2:]]
     args = _parser().parse_args(argv)
     if args.command != "validate":
+        from cluster import use_token_auth_if_set_up
+
+        use_token_auth_if_set_up()
         _install_log_filter_after_ray_import()
     run: Callable[[argparse.Namespace], int] = args.run
     try:

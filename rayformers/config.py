@@ -280,6 +280,11 @@ class TrainConfig(_Section):
         description="Where runs and checkpoints go: a local directory, NFS, s3:// or gs://. Multi-node "
         "clusters need shared storage.",
     )
+    storage_is_shared: bool = Field(
+        default=False,
+        description="The local storage_path is a shared filesystem (NFS) mounted at the same path on every "
+        "node; without it a local path is refused on a multi-node cluster.",
+    )
     name: str | None = Field(
         default=None,
         description="Run name. Re-running with the same storage_path and name resumes the run.",
@@ -369,6 +374,11 @@ class ServeConfig(_Section):
     host: str = Field(default="127.0.0.1", description="HTTP host ('0.0.0.0' to listen on all interfaces).")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+    proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        default="EveryNode",
+        description="Where Serve runs HTTP proxies: every node (behind a load balancer), or the head only "
+        "(several nodes on one machine would otherwise fight over the port).",
+    )
     apps: list[ServeAppConfig] = Field(
         default_factory=list,
         description="Apps to serve. Empty: one app from this run's best checkpoint, named after the task.",

@@ -140,7 +140,7 @@ def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
         }
     )
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": serve.proxy_location,
         "http_options": {"host": serve.host, "port": serve.port},
         "applications": applications,
     }

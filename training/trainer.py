@@ -28,6 +28,7 @@ __all__ = [
     "ResourceError",
     "TrainResult",
     "check_resources",
+    "check_storage",
     "run_name",
     "run_training",
     "wait_for_free_resources",
@@ -176,7 +177,20 @@ def run_training(cfg: RunConfig) -> TrainResult:
     return _run(cfg)
 
 
+def check_storage(cfg: RunConfig, alive_nodes: int) -> None:
+    """Checkpoints written on one node must be readable from every other: on a multi-node cluster a
+    node-local path would fail at the first checkpoint, or silently split a run across disks."""
+    path = cfg.train.storage_path
+    if alive_nodes > 1 and "://" not in path and not cfg.train.storage_is_shared:
+        raise ResourceError(
+            f"train.storage_path: {path!r} is a local path, but the cluster has {alive_nodes} nodes and each "
+            "would write to its own disk. Use shared storage: s3://bucket/runs, gs://bucket/runs, or an NFS "
+            "path mounted on every node (then set train.storage_is_shared: true)"
+        )
+
+
 def _run(cfg: RunConfig) -> TrainResult:
+    check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
     name = run_name(cfg)
     storage = (
         cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)

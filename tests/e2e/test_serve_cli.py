@@ -107,9 +107,10 @@ def test_serve_build_writes_a_config_that_serve_run_serves(tiny_checkpoint, tmp_
     assert [a.name for a in schema.applications] == ["reviews", "gateway"]
     serve_bin = Path(sys.executable).with_name("serve")
     log = tmp_path / "serve-run.log"
+    # RAY_ADDRESS=local: a Ray of its own, never a cluster that `ray start` recorded in /tmp/ray.
     process = subprocess.Popen(
         [str(serve_bin), "run", str(out_file)], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        text=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, start_new_session=True,
+        text=True, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True,
     )  # fmt: skip
     try:
         answer = _predict(

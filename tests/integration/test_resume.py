@@ -61,9 +61,9 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(tmp_path):
         target=_kill_one_worker_after_first_checkpoint, args=(tmp_path / "killed", killed), daemon=True
     )
     killer.start()
-    result = run_training(config(tmp_path, "killed", 120, "train.max_failures=2"))
+    result = run_training(config(tmp_path, "killed", 60, "train.max_failures=2"))
     killer.join(timeout=5)
     assert killed, "no training worker was found to kill"
     summary = summary_of(result)
     assert summary["resumed_from"] and summary["resumed_from"][0] >= 10
-    assert summary["history"][-1]["step"] == 120
+    assert summary["history"][-1]["step"] == 60

@@ -78,7 +78,7 @@ def server(tiny_checkpoint, tmp_path_factory):
             },
             **small,
         ),
-        # Small queues, few inputs per request, and autoscaling with short delays.
+        # Small queues and few inputs per request.
         ServeAppConfig(
             name="busy",
             checkpoint=str(tiny_checkpoint("text-generation")),
@@ -86,6 +86,15 @@ def server(tiny_checkpoint, tmp_path_factory):
             max_ongoing_requests=1,
             max_queued_requests=1,
             max_inputs_per_request=4,
+            **small,
+        ),
+        # Autoscaling with short delays; an unbounded queue, so all the load counts.
+        ServeAppConfig(
+            name="scaling",
+            checkpoint=str(tiny_checkpoint("text-generation")),
+            max_batch_size=1,
+            max_ongoing_requests=2,
+            max_queued_requests=-1,
             autoscaling={
                 "min_replicas": 1,
                 "max_replicas": 2,
@@ -230,24 +239,24 @@ def test_an_app_scales_to_two_replicas_under_load_and_back_to_one(server):
 
     def load() -> None:
         while not stop.is_set():
-            post(server, "/busy/predict", {"inputs": "the", "parameters": {"max_new_tokens": 40}})
+            post(server, "/scaling/predict", {"inputs": "the", "parameters": {"max_new_tokens": 40}})
 
     threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
     for t in threads:
         t.start()
     try:
         deadline = time.monotonic() + 90
-        while _replicas("busy") < 2 and time.monotonic() < deadline:
+        while _replicas("scaling") < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _replicas("busy") == 2
+        assert _replicas("scaling") == 2
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
     deadline = time.monotonic() + 90
-    while _replicas("busy") > 1 and time.monotonic() < deadline:
+    while _replicas("scaling") > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _replicas("busy") == 1
+    assert _replicas("scaling") == 1
 
 
 def _error(response: requests.Response, status: int) -> dict:
