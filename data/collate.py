@@ -15,7 +15,7 @@ import torch
 
 from data.preprocess import IGNORE_INDEX
 
-__all__ = ["MaskingCollator", "PaddingCollator", "build_collator"]
+__all__ = ["PASSTHROUGH", "MaskingCollator", "PaddingCollator", "build_collator"]
 
 # Columns padded with the tokenizer's pad id, with 0, or with the ignored label.
 _PAD_WITH_TOKEN = {"input_ids", "pair_input_ids"}
@@ -27,6 +27,9 @@ _PAD_WITH_ZERO = {
     "special_tokens_mask",
 }
 _SCALARS = {"start_positions", "end_positions"}
+# Evaluation-only columns a metric reads as they are (QA: which example a window belongs to, its
+# context, character offsets and gold answers): passed through as Python lists, never tensors.
+PASSTHROUGH = {"example_id", "context", "answer_texts", "offset_mapping"}
 
 
 def _pad(rows: Sequence[Any], value: int, multiple: int | None) -> torch.Tensor:
@@ -39,22 +42,35 @@ def _pad(rows: Sequence[Any], value: int, multiple: int | None) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy cell (Ray hands ragged columns over as object arrays) as plain Python values."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class PaddingCollator:
     """Pads every sequence column to the longest row of the batch (optionally a multiple of N).
 
     Labels that are sequences (token classification, seq2seq) pad with -100 so the loss skips them;
-    for causal LM (`causal_lm=True`) labels are the input ids with padding set to -100.
+    for causal LM (`causal_lm=True`) labels are the input ids with padding set to -100. With
+    `passthrough=True` (evaluation), the `PASSTHROUGH` columns come out as Python lists.
     """
 
     def __init__(
-        self, pad_token_id: int, pad_to_multiple_of: int | None = None, causal_lm: bool = False
+        self,
+        pad_token_id: int,
+        pad_to_multiple_of: int | None = None,
+        causal_lm: bool = False,
+        passthrough: bool = False,
     ) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.causal_lm = causal_lm
+        self.passthrough = passthrough
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for key, column in batch.items():
             if key in _PAD_WITH_TOKEN:
                 out[key] = _pad(column, self.pad_token_id, self.pad_to_multiple_of)
@@ -68,6 +84,8 @@ class PaddingCollator:
                     out[key] = torch.as_tensor(np.asarray(column, dtype=np.int64))
             elif key in _SCALARS:
                 out[key] = torch.as_tensor(np.asarray(column, dtype=np.int64))
+            elif self.passthrough and key in PASSTHROUGH:
+                out[key] = [_plain(v) for v in column]
         if self.causal_lm and "input_ids" in out:
             labels = out["input_ids"].clone()
             labels[out["attention_mask"] == 0] = IGNORE_INDEX
@@ -94,7 +112,7 @@ class MaskingCollator(PaddingCollator):
         self.mlm_probability = mlm_probability
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         out = super().__call__(batch)
         input_ids = out["input_ids"]
         special = out.pop("special_tokens_mask", None)
@@ -122,8 +140,10 @@ def build_collator(
     pad_to_multiple_of: int | None = None,
     mlm_probability: float = 0.15,
     seed: int | None = None,
+    passthrough: bool = False,
 ) -> PaddingCollator:
-    """The task's collator (named in the registry), built from a loaded tokenizer."""
+    """The task's collator (named in the registry), built from a loaded tokenizer; `passthrough` keeps
+    evaluation's non-tensor columns."""
     from rayformers.tasks import get_task
 
     cls = get_task(task).load_collator()
@@ -138,4 +158,9 @@ def build_collator(
             pad_to_multiple_of,
             seed,
         )
-    return cls(tokenizer.pad_token_id, pad_to_multiple_of, causal_lm=task == "text-generation")
+    return cls(
+        tokenizer.pad_token_id,
+        pad_to_multiple_of,
+        causal_lm=task == "text-generation",
+        passthrough=passthrough,
+    )

@@ -16,6 +16,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
+from data.preprocess import Mode
 from data.records import ORIGIN, RecordSpec, prepare_records
 from data.rows import DataError, SharedLedger, check_rows, report_bad_rows, row_error
 from data.sources import READ_CPUS, read_source
@@ -46,6 +47,9 @@ def to_arrow(columns: dict[str, list[Any]]) -> pa.Table:
             arrays[name] = pa.array(values, pa.list_(pa.int32()))
         elif name == "offset_mapping":
             arrays[name] = pa.array(values, pa.list_(pa.list_(pa.int32(), 2)))
+        elif name == "answer_texts":
+            # Typed even when a batch has no answers, so every block of a split shares one schema.
+            arrays[name] = pa.array(values, pa.list_(pa.string()))
         else:
             arrays[name] = pa.array(values)
     return pa.table(arrays)
@@ -82,7 +86,9 @@ class TokenizeBatch:
         revision: str | None = None,
         trust_remote_code: bool = False,
         tokenizer_class: str | None = None,
+        mode: Mode = "train",
     ) -> None:
+        self.mode: Mode = mode
         self.settings = PreprocessSettings.model_validate(settings)
         self.task = get_task(self.settings.task)
         self.tokenizer = load_tokenizer(
@@ -111,7 +117,7 @@ class TokenizeBatch:
             batch = {k: [v for i, v in enumerate(col) if i not in dropped] for k, col in batch.items()}
         if not batch or not next(iter(batch.values()), None):
             return pa.table({})
-        return to_arrow(self.preprocess(batch, self.tokenizer, self.settings, "train"))
+        return to_arrow(self.preprocess(batch, self.tokenizer, self.settings, self.mode))
 
 
 @dataclass
@@ -293,6 +299,7 @@ def build_tokenized(
                 "revision": revision,
                 "trust_remote_code": trust_remote_code,
                 "tokenizer_class": tokenizer_class,
+                "mode": "evaluate" if split == "validation" else "train",
             },
         )
 

@@ -1,7 +1,9 @@
 """Per-task preprocessing: raw columns in, model inputs out. One function per task, two modes.
 
-`mode="train"` adds what the loss needs (labels, answer positions); `mode="inference"` keeps what a
-handler needs to map predictions back to text (offsets, word ids). Serving calls these same
+`mode="train"` adds what the loss needs (labels, answer positions); `mode="evaluate"` (the validation
+split) is training's columns plus what a metric needs that token ids lose (for QA: a global example
+id, the context and the gold answer texts); `mode="inference"` keeps what a handler needs to map
+predictions back to text (offsets, word ids). Serving calls these same
 functions, so a raw example gets identical token ids on both sides. Each function takes a batch as
 columns of Python values (task-side column names) and returns columns of per-row lists; every
 output column also carries `truncated` so statistics can report the truncation rate. Rows are
@@ -10,6 +12,7 @@ assumed valid: `data.rows` checks them first.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_INDEX",
     "Mode",
+    "example_id",
     "split_words",
     "tokenize_causal_lm",
     "tokenize_classification",
@@ -32,7 +36,7 @@ __all__ = [
     "tokenize_token_classification",
 ]
 
-Mode = Literal["train", "inference"]
+Mode = Literal["train", "evaluate", "inference"]
 Columns = dict[str, list[Any]]
 IGNORE_INDEX = -100
 """Label value the loss ignores (special tokens, continuation sub-tokens, padding)."""
@@ -75,7 +79,7 @@ def tokenize_classification(
     encoding = _encode(tokenizer, settings, texts, pairs)
     out = _inputs(encoding)
     out["truncated"] = _truncated(encoding, settings.max_length, len(texts))
-    if mode == "train":
+    if mode != "inference":
         label2id = settings.label2id
         out["labels"] = [label2id[label_key(v)] for v in batch["label"]]
     return out
@@ -98,14 +102,14 @@ def tokenize_token_classification(
     Training labels sit on each word's first sub-token; continuation sub-tokens and special tokens get
     -100 (or, with `label_all_tokens`, the word's label with B- turned into I-).
     """
-    if mode == "train":
+    if mode != "inference":
         words = [list(w) for w in batch["tokens"]]
         spans: list[list[tuple[int, int]]] = []
     else:
         split = [split_words(t) for t in batch["text"]]
         words, spans = [w for w, _ in split], [s for _, s in split]
     encoding = _encode(
-        tokenizer, settings, words, is_split_into_words=True, return_offsets_mapping=mode != "train"
+        tokenizer, settings, words, is_split_into_words=True, return_offsets_mapping=mode == "inference"
     )
     out = _inputs(encoding)
     out["truncated"] = _truncated(encoding, settings.max_length, len(words))
@@ -187,7 +191,15 @@ def tokenize_question_answering(
     for e in example_index:
         counts[e] = counts.get(e, 0) + 1
     out["truncated"] = [counts[e] > 1 for e in example_index]
-    if mode == "train":
+    if mode == "evaluate":
+        # Windows of one example may land in different batches and on different workers: the id lets
+        # evaluation regroup them and score the best span's text against every gold answer.
+        out["example_id"] = [example_id(questions[e], contexts[e]) for e in example_index]
+        out["context"] = [contexts[e] for e in example_index]
+        out["answer_texts"] = [
+            [str(t) for t in ((batch["answers"][e] or {}).get("text") or [])] for e in example_index
+        ]
+    if mode != "inference":
         starts, ends = [], []
         for i, window in enumerate(offsets):
             answers = batch["answers"][example_index[i]] or {}
@@ -197,6 +209,12 @@ def tokenize_question_answering(
         out["start_positions"] = starts
         out["end_positions"] = ends
     return out
+
+
+def example_id(question: str, context: str) -> str:
+    """A stable id of one QA example, the same on every worker and in every batch."""
+    digest = hashlib.blake2b(f"{question}\x00{context}".encode(), digest_size=8)
+    return digest.hexdigest()
 
 
 def _answer_tokens(window: list[tuple[int, int]], answers: Mapping[str, Any]) -> tuple[int, int]:
@@ -273,7 +291,7 @@ def tokenize_seq2seq(
     encoding = _encode(tokenizer, settings, texts)
     out = _inputs(encoding)
     out["truncated"] = _truncated(encoding, settings.max_length, len(texts))
-    if mode == "train":
+    if mode != "inference":
         targets = tokenizer(
             text_target=list(batch["target"]), truncation=True, max_length=settings.max_target_length
         )
@@ -293,7 +311,7 @@ def tokenize_embedding_pairs(
     encoding = _encode(tokenizer, settings, texts)
     out = _inputs(encoding)
     out["truncated"] = _truncated(encoding, settings.max_length, len(texts))
-    if mode == "train":
+    if mode != "inference":
         pairs = _encode(tokenizer, settings, list(batch["text_pair"]))
         for key, value in _inputs(pairs).items():
             out[f"pair_{key}"] = value

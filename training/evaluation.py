@@ -51,6 +51,39 @@ def _seq2seq_texts(
     )
 
 
+MAX_ANSWER_TOKENS = 30
+"""Longest answer span evaluation considers, in tokens (as the SQuAD scripts and run_qa.py)."""
+
+
+def _window_answers(
+    start_logits: torch.Tensor, end_logits: torch.Tensor, batch: dict[str, Any]
+) -> list[tuple[str, float, str, list[str]]]:
+    """(example id, score, answer text, gold texts) of each window's best span: start <= end, both on
+    context tokens, at most MAX_ANSWER_TOKENS long, scored by start + end logit."""
+    if "example_id" not in batch:
+        raise ValueError(
+            "question-answering validation shards carry no example ids (tokenized by an older rayformers): "
+            "delete the run's tokenized/ directory, or use a new train.name, to tokenize them again"
+        )
+    found = []
+    for i, offsets in enumerate(batch["offset_mapping"]):
+        n = len(offsets)
+        context = torch.tensor([s >= 0 for s, _ in offsets], device=start_logits.device)
+        starts = start_logits[i, :n].float().masked_fill(~context, float("-inf"))
+        ends = end_logits[i, :n].float().masked_fill(~context, float("-inf"))
+        scores = starts[:, None] + ends[None, :]
+        allowed = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu().tril(MAX_ANSWER_TOKENS - 1)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        flat = int(scores.argmax())
+        score = float(scores.view(-1)[flat])
+        if score == float("-inf"):  # a window with no context tokens answers nothing
+            continue
+        s, e = divmod(flat, n)
+        text = batch["context"][i][offsets[s][0] : offsets[e][1]]
+        found.append((batch["example_id"][i], score, text, list(batch["answer_texts"][i])))
+    return found
+
+
 def embed_pair(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean-pooled embeddings of each text and of its `pair_*` positive."""
     texts = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -86,8 +119,8 @@ def evaluate(
     core.eval()
     rows: list[Any] = []
     loss_sum, loss_count = 0.0, 0
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for collated in batches:
+        batch = {k: v.to(device) for k, v in collated.items() if isinstance(v, torch.Tensor)}
         if task == "feature-extraction":
             a, p = embed_pair(core, batch)
             rows.extend(zip(a.float().cpu().numpy(), p.float().cpu().numpy(), strict=True))
@@ -117,15 +150,7 @@ def evaluate(
                 keep = l_row != IGNORE_INDEX
                 rows.append(([names[i] for i in p_row[keep]], [names[i] for i in l_row[keep]]))
         elif task == "question-answering":
-            starts, ends = out.start_logits.argmax(-1), out.end_logits.argmax(-1)
-            for s, e, gs, ge in zip(
-                starts.tolist(),
-                ends.tolist(),
-                inputs["start_positions"].tolist(),
-                inputs["end_positions"].tolist(),
-                strict=True,
-            ):
-                rows.append((s, e, gs, ge))
+            rows.extend(_window_answers(out.start_logits, out.end_logits, collated))
         elif task in ("summarization", "translation"):
             predictions, references = _seq2seq_texts(core, inputs, tokenizer, settings.max_target_length)
             rows.extend(zip(predictions, references, strict=True))
@@ -149,14 +174,13 @@ def evaluate(
     elif task == "token-classification":
         result.update(m.sequence_labeling_metrics([p for p, _ in rows], [r for _, r in rows]))
     elif task == "question-answering":
-        # Window-level span match: exact when both ends are right, F1 by token overlap of the spans.
-        em = [float(s == gs and e == ge) for s, e, gs, ge in rows]
-        f1 = []
-        for s, e, gs, ge in rows:
-            pred, gold = set(range(s, e + 1)) if e >= s else set(), set(range(gs, ge + 1))
-            overlap = len(pred & gold)
-            f1.append(0.0 if not overlap else 2 * overlap / (len(pred) + len(gold)))
-        result.update({"exact_match": 100 * float(np.mean(em or [0])), "f1": 100 * float(np.mean(f1 or [0]))})
+        # Each example's answer is its best-scoring span over all its windows, wherever they were scored.
+        best: dict[str, tuple[float, str, list[str]]] = {}
+        for example, score, text, golds in rows:
+            if example not in best or score > best[example][0]:
+                best[example] = (score, text, golds)
+        answers = list(best.values())
+        result.update(m.qa_metrics([text for _, text, _ in answers], [golds for _, _, golds in answers]))
     elif task == "summarization":
         result.update(m.rouge_metrics([p for p, _ in rows], [r for _, r in rows]))
     elif task == "translation":

@@ -134,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed=train.seed + rank,
     )
     eval_collator = build_collator(
-        task.name, tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed
+        task.name, tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, passthrough=True
     )
     progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.train.name)
     eval_every = train.eval_every_steps or steps_per_epoch
@@ -156,8 +156,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["train_loss"] = sum(s for s, _ in losses) / sum(n for _, n in losses)
         interval[:] = [0.0, 0]
         if cfg.has_validation:
-            batches = ray.train.get_dataset_shard("validation").iter_torch_batches(
-                batch_size=train.batch_size, collate_fn=eval_collator, device=device
+            # NumPy batches collated here, not `iter_torch_batches`: evaluation batches carry non-tensor
+            # columns (QA's example ids and texts) that Ray's device transfer refuses. `evaluate` moves
+            # the tensors.
+            batches = (
+                eval_collator(b)
+                for b in ray.train.get_dataset_shard("validation").iter_batches(
+                    batch_size=train.batch_size, batch_format="numpy"
+                )
             )
             module = train.metric if is_module_path(train.metric) else None
             metrics.update(evaluate(model, batches, task.name, settings, tokenizer, device, module))

@@ -83,3 +83,24 @@ def test_build_collator_follows_the_registry(wordpiece_dir):
     causal = build_collator("text-generation", tok)
     assert type(causal) is PaddingCollator and causal.causal_lm
     assert not build_collator("text-classification", tok).causal_lm
+
+
+def test_evaluation_columns_pass_through_as_python_values_only_when_asked():
+    offsets = np.empty(2, dtype=object)
+    offsets[0] = np.array([[-1, -1], [0, 5]], dtype=np.int32)
+    offsets[1] = np.array([[-1, -1]], dtype=np.int32)
+    batch = {
+        "input_ids": ragged([5, 6], [8]),
+        "attention_mask": ragged([1, 1], [1]),
+        "example_id": np.array(["a", "b"], dtype=object),
+        "answer_texts": np.array(
+            [np.array(["x", "y"], dtype=object), np.array([], dtype=object)], dtype=object
+        ),
+        "offset_mapping": offsets,
+    }
+    assert set(PaddingCollator(pad_token_id=0)(batch)) == {"input_ids", "attention_mask"}
+    out = PaddingCollator(pad_token_id=0, passthrough=True)(batch)
+    assert out["example_id"] == ["a", "b"]
+    assert out["answer_texts"] == [["x", "y"], []]
+    assert out["offset_mapping"] == [[[-1, -1], [0, 5]], [[-1, -1]]]
+    assert all(type(v) is int for v in out["offset_mapping"][0][1])

@@ -196,3 +196,24 @@ def test_embedding_pairs_are_encoded_separately(wp):
     assert out["pair_input_ids"] == [[2, 23, 28, 3]]
     infer = tokenize_embedding_pairs({"text": ["the cat"]}, wp, settings("feature-extraction"), "inference")
     assert "pair_input_ids" not in infer
+
+
+def test_question_answering_evaluate_mode_carries_what_text_metrics_need(wp):
+    s = settings("question-answering", max_length=16, stride=4)
+    batch = {
+        "question": ["who works at acme ?", "where"],
+        "context": [QA_CONTEXT, "on the mat"],
+        "answers": [{"text": ["Alice Smith"], "answer_start": [0]}, {"text": [], "answer_start": []}],
+    }
+    train = tokenize_question_answering(batch, wp, s)
+    out = tokenize_question_answering(batch, wp, s, "evaluate")
+    assert {k: v for k, v in out.items() if k in train} == train  # training's columns, unchanged
+    assert not {"example_id", "context", "answer_texts"} & train.keys()
+    windows = out["example_index"]
+    # One id per example, the same in every window and whatever batch the example arrives in.
+    ids = {e: {out["example_id"][i] for i, x in enumerate(windows) if x == e} for e in set(windows)}
+    assert all(len(v) == 1 for v in ids.values()) and ids[0] != ids[1]
+    alone = tokenize_question_answering({k: v[1:] for k, v in batch.items()}, wp, s, "evaluate")
+    assert alone["example_id"][0] == next(iter(ids[1]))
+    assert out["context"] == [batch["context"][e] for e in windows]
+    assert out["answer_texts"] == [["Alice Smith"] if e == 0 else [] for e in windows]
