@@ -11,6 +11,7 @@ import ray.data
 
 from data.rows import DataError
 from data.stats import summarize
+from data.storage import Location
 from data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.config import DataConfig
 from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
@@ -21,11 +22,13 @@ if TYPE_CHECKING:
 __all__ = ["read_tokenized", "write_tokenized"]
 
 
-def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> DataManifest:
-    """Write each split as Parquet shards under `out/<split>/` and `out/manifest.json`."""
-    if out.exists() and any(out.iterdir()):
+def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Path | Location) -> DataManifest:
+    """Write each split as Parquet shards under `<where>/<split>/` and `<where>/manifest.json` (a local
+    directory or cloud storage)."""
+    out = where if isinstance(where, Location) else Location.parse(where)
+    if not out.is_empty_dir():
         raise DataError(f"--out {str(out)!r} is not empty; choose a new directory (shards are never mixed)")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     settings = tokenized.settings
     splits = {}
     columns: list[str] = []
@@ -33,8 +36,8 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> Da
     for name, dataset in (("train", tokenized.train), ("validation", tokenized.validation)):
         if dataset is None:
             continue
-        dataset.write_parquet(str(out / name))
-        written = ray.data.read_parquet(str(out / name))
+        dataset.write_parquet((out / name).path, filesystem=out.fs)
+        written = ray.data.read_parquet((out / name).path, filesystem=out.fs)
         columns = columns or list(written.columns())
         summary, _ = summarize(written, settings)
         if summary.rows == 0:
@@ -59,7 +62,7 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, out: Path) -> Da
         columns=columns,
         versions=package_versions(),
     )
-    manifest.write(out)
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 
@@ -68,9 +71,9 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
     from data.pipeline import TokenizedData
 
     assert data.tokenized is not None
-    directory = Path(data.tokenized)
+    directory = Location.parse(data.tokenized)
     try:
-        manifest = DataManifest.read(directory)
+        manifest = DataManifest.model_validate_json((directory / "manifest.json").read_text())
     except FileNotFoundError:
         raise DataError(
             f"data.tokenized: {str(directory)!r} has no manifest.json; point it at a directory written by "
@@ -94,8 +97,10 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
         )
     validation = directory / "validation"
     return TokenizedData(
-        train=ray.data.read_parquet(str(directory / "train")),
-        validation=ray.data.read_parquet(str(validation)) if validation.exists() else None,
+        train=ray.data.read_parquet((directory / "train").path, filesystem=directory.fs),
+        validation=(
+            ray.data.read_parquet(validation.path, filesystem=directory.fs) if validation.exists() else None
+        ),
         settings=recorded,
         tokenizer_source=tokenizer_source,
     )

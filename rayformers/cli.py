@@ -99,7 +99,7 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> int:
     from data.shards import write_tokenized
 
     with _tokenized(args) as (cfg, tokenized):
-        manifest = write_tokenized(tokenized, cfg.data, Path(args.out))
+        manifest = write_tokenized(tokenized, cfg.data, args.out)
     for split, stats in manifest.splits.items():
         print(f"{split}: {stats.rows} rows, {stats.tokens} tokens -> {Path(args.out) / split}")
     _print_bad_rows({s: {"counts": st.bad_rows, "examples": {}} for s, st in manifest.splits.items()})

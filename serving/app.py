@@ -28,19 +28,18 @@ _RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
 
 def task_of(args: AppArgs) -> str:
     """The app's task: as configured, else as the checkpoint's manifest says (local or cloud)."""
-    import fsspec
+    from data.storage import Location
 
-    manifest_path = args.checkpoint.rstrip("/") + "/" + CHECKPOINT_MANIFEST
+    manifest = Location.parse(args.checkpoint) / CHECKPOINT_MANIFEST
     try:
-        with fsspec.open(manifest_path, "r", encoding="utf-8") as f:
-            recorded = json.load(f).get("task")
+        recorded = json.loads(manifest.read_text()).get("task")
     except FileNotFoundError:
         recorded = None
-    except (OSError, ImportError, ValueError) as err:  # unreachable storage, or no filesystem for its scheme
+    except (OSError, ValueError) as err:  # unreachable storage, or no filesystem for its scheme
         if args.task:
             return args.task
         raise CheckpointError(
-            f"serve.apps[{args.name}].checkpoint: cannot read {manifest_path} ({err}); set the app's `task`"
+            f"serve.apps[{args.name}].checkpoint: cannot read {manifest} ({err}); set the app's `task`"
         ) from err
     if recorded and args.task and recorded != args.task:
         raise CheckpointError(

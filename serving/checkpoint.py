@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from data.storage import Location, is_remote
 from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest, LabelMap, PreprocessSettings
 from rayformers.tasks import TASK_NAMES, TaskSpec, get_task
 from serving.errors import CheckpointError, UnknownAdapterError
@@ -127,7 +128,7 @@ class LoadedModel:
                     f"adapter {name!r}: {self.path} is a full{' (merged)' if self.merged else ''} checkpoint; "
                     "extra adapters need an unmerged LoRA checkpoint to share its base"
                 )
-            _add_adapter(self.model, name, Path(directory), self.manifest)
+            _add_adapter(self.model, name, local_directory(directory), self.manifest)
             self.model.eval()
             self._adapters.append(name)
 
@@ -161,6 +162,24 @@ class LoadedModel:
         }
 
 
+def local_directory(path: str) -> Path:
+    """The checkpoint directory at `path` on local disk. One on cloud storage (a multi-node run's) is
+    downloaded: each replica reads its own copy."""
+    if is_remote(path):
+        try:
+            root = Location.parse(path).download()
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {path!r} could not be downloaded: {err}") from None
+    else:
+        root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path!r} is not a directory; give the directory a training run wrote (a local or "
+            "NFS path, or an s3:// or gs:// URI)"
+        )
+    return root
+
+
 def load_checkpoint(
     path: str,
     task: str | None = None,
@@ -177,12 +196,7 @@ def load_checkpoint(
     adapter into the base weights (faster, but then no other adapters can be added); `adapters` maps
     extra adapter names to LoRA checkpoint directories trained on the same base.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path!r} is not a local directory; give the directory a training run wrote "
-            "(download s3:// or gs:// checkpoints first)"
-        )
+    root = local_directory(path)
     manifest = _read_manifest(root)
     spec = _task(root, manifest, task)
     _check_device(device)

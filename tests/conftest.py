@@ -3,12 +3,19 @@ can be read off the vocabulary below rather than trusted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The local S3 server (s3_server below) refuses unsigned writes. Set before any test starts Ray, so Ray's
+# workers (which write checkpoints there) inherit them too; a developer's own credentials are kept.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+    os.environ.setdefault(_key, _value)
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 # id = position. Sub-word pieces let the tests see continuation tokens.
 WORDPIECE_VOCAB = [
@@ -106,3 +113,50 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3 server (moto) for the run's lifetime; yields the URI options that point pyarrow at it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the local S3 server (moto) did not start")
+            time.sleep(0.1)
+    yield f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def s3_uri(s3_server: str, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """`s3_uri("runs")` is `s3://<a new bucket>/runs?<options>` on the local S3 server."""
+    import re
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = (
+        re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    )
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}?{s3_server}&allow_bucket_creation=true")
+    fs.create_dir(bucket)
+    return lambda path: f"s3://{bucket}/{path}?{s3_server}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from data.storage import Location
 
 __all__ = ["Progress"]
 
@@ -21,15 +23,18 @@ class Progress:
         self.samples = self.tokens = 0
         self.window_started = time.monotonic()
         self.writer: Any = None
-        if enabled and "://" not in storage_path:
+        self.upload: Location | None = None
+        if enabled:
             try:
                 from tensorboardX import SummaryWriter
-
-                self.writer = SummaryWriter(
-                    str(Path(storage_path).absolute() / (name or "run") / "tensorboard")
-                )
             except ImportError:
-                self.writer = None
+                return
+            target = Location.parse(storage_path) / (name or "run") / "tensorboard"
+            if target.local:
+                self.writer = SummaryWriter(target.path)
+            else:  # event files are appended to, which object stores cannot do: write here, copy there
+                self.upload = target
+                self.writer = SummaryWriter(tempfile.mkdtemp(prefix="rayformers-tensorboard-"))
 
     def step(
         self, step: int, epoch: int, loss: float, lr: float, samples: int, tokens: int, _: float
@@ -65,7 +70,13 @@ class Progress:
                 if key not in ("step", "epoch"):
                     self.writer.add_scalar(f"eval/{key}", value, step)
             self.writer.flush()
+            self._sync()
+
+    def _sync(self) -> None:
+        if self.upload is not None and self.writer is not None:
+            self.upload.upload(self.writer.logdir)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._sync()

@@ -7,6 +7,7 @@ import gc
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from data.pipeline import build_tokenized
 from data.rows import DataError
 from data.shards import write_tokenized
+from data.storage import Location, is_remote
 from rayformers.config import RunConfig
 from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
@@ -142,11 +144,11 @@ def _fingerprint(cfg: RunConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _tokenize_once(cfg: RunConfig, run_dir: Path) -> DataManifest:
+def _tokenize_once(cfg: RunConfig, run_dir: Location) -> DataManifest:
     """Tokenize into `<run>/tokenized` once; a resumed run reuses the shards when they still match."""
     target = run_dir / "tokenized"
     if (target / "manifest.json").exists():
-        manifest = DataManifest.read(target)
+        manifest = DataManifest.model_validate_json((target / "manifest.json").read_text())
         if manifest.source == cfg.data.model_dump(mode="json"):
             return manifest
         raise DataError(
@@ -181,7 +183,7 @@ def check_storage(cfg: RunConfig, alive_nodes: int) -> None:
     """Checkpoints written on one node must be readable from every other: on a multi-node cluster a
     node-local path would fail at the first checkpoint, or silently split a run across disks."""
     path = cfg.train.storage_path
-    if alive_nodes > 1 and "://" not in path and not cfg.train.storage_is_shared:
+    if alive_nodes > 1 and not is_remote(path) and not cfg.train.storage_is_shared:
         raise ResourceError(
             f"train.storage_path: {path!r} is a local path, but the cluster has {alive_nodes} nodes and each "
             "would write to its own disk. Use shared storage: s3://bucket/runs, gs://bucket/runs, or an NFS "
@@ -192,20 +194,23 @@ def check_storage(cfg: RunConfig, alive_nodes: int) -> None:
 def _run(cfg: RunConfig) -> TrainResult:
     check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
     name = run_name(cfg)
-    storage = (
-        cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.abspath(cfg.train.storage_path)
-    )
-    run_dir = Path(storage) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = Location.parse(cfg.train.storage_path)
+    except ValueError as err:
+        raise ResourceError(f"train.storage_path: {err}") from None
+    run_dir = storage / name
+    run_dir.mkdir()
     manifest = _tokenize_once(cfg, run_dir)
     # Training workers hold their CPUs for the whole run: reading the shards reserves none, so it never
     # waits behind them (reading Parquet is light next to the model's work). The V2 file datasource
     # plans a file-listing task that asks for a whole CPU whatever `num_cpus` says, and would wait forever.
     ray.data.DataContext.get_current().use_datasource_v2 = False
     wait_for_free_resources(cfg, WORKER_WAIT_S if cfg.cluster.address is None else AUTOSCALE_WAIT_S)
-    datasets = {"train": ray.data.read_parquet(str(run_dir / "tokenized" / "train"), num_cpus=0)}
-    if "validation" in manifest.splits:
-        datasets["validation"] = ray.data.read_parquet(str(run_dir / "tokenized" / "validation"), num_cpus=0)
+    datasets = {
+        split: ray.data.read_parquet((run_dir / "tokenized" / split).path, filesystem=run_dir.fs, num_cpus=0)
+        for split in ("train", "validation")
+        if split in manifest.splits
+    }
     task = get_task(cfg.model.task)
     metric = cfg.train.metric or task.default_metric
     mode = cfg.train.metric_mode or ("min" if metric in ("loss", "perplexity") else task.metric_mode)
@@ -227,7 +232,8 @@ def _run(cfg: RunConfig) -> TrainResult:
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage.path,
+            storage_filesystem=None if storage.local else storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute=metric if "validation" in datasets else "step",
@@ -245,17 +251,18 @@ def _run(cfg: RunConfig) -> TrainResult:
         result, metric if "validation" in datasets else "step", mode if "validation" in datasets else "max"
     )
     latest = result.checkpoint.path if result.checkpoint is not None else best[0]
+    best = (str(storage.at(best[0])), best[1])
     summary = {
         "config": cfg.model_dump(mode="json"),
         "metric": metric,
         "mode": mode,
         "best_checkpoint": best[0],
         "best_metrics": best[1],
-        **_history(latest),
+        **_history(storage.at(latest)),
         "data": manifest.model_dump(mode="json")["splits"],
     }
     summary_path = run_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _link_best(run_dir, best[0])
     return TrainResult(best_checkpoint=best[0], best_metrics=best[1], summary_path=str(summary_path))
 
@@ -270,21 +277,26 @@ def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
     return pick(candidates, key=lambda c: c[1][metric])
 
 
-def _history(checkpoint: str) -> dict[str, Any]:
+def _history(checkpoint: Location) -> dict[str, Any]:
     """Metric history and the steps the run resumed from, as the latest checkpoint recorded them."""
-    from training.checkpoint import load_training_state
+    from training.checkpoint import TRAINING_STATE, load_training_state
 
-    if "://" in checkpoint:
-        return {"history": [], "resumed_from": []}
-    state = load_training_state(Path(checkpoint))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(checkpoint.path)
+        if not checkpoint.local:  # only the small state file, not the weights
+            local = Path(tmp)
+            with checkpoint.fs.open_input_stream((checkpoint / TRAINING_STATE).path) as stream:
+                (local / TRAINING_STATE).write_bytes(bytes(stream.read()))
+        state = load_training_state(local)
     return {"history": list(state.get("history", [])), "resumed_from": list(state.get("resumed_from", []))}
 
 
-def _link_best(run_dir: Path, checkpoint: str) -> None:
-    """`<run>/best` points at the best checkpoint, so configs can name it before the run exists."""
-    if "://" in checkpoint:
+def _link_best(run_dir: Location, checkpoint: str) -> None:
+    """`<run>/best` points at the best checkpoint, so configs can name it before the run exists. Object
+    stores have no links: there `summary.json` and the run's last line name it."""
+    if not run_dir.local:
         return
-    link = run_dir / "best"
+    link = Path(run_dir.path) / "best"
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(os.path.relpath(checkpoint, run_dir))
+    link.symlink_to(os.path.relpath(checkpoint, run_dir.path))

@@ -1,0 +1,58 @@
+"""A run whose train.storage_path is s3:// (a local moto server): shards, checkpoints, summary and
+TensorBoard events land in the bucket, the best checkpoint comes back as an s3:// URI, and serving
+loads the model from that URI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from data.storage import Location
+from rayformers.loading import load_config
+from training.trainer import run_training
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_training_into_s3_and_serving_from_it(s3_uri):
+    storage = s3_uri("runs")
+    cfg = load_config(
+        REPO / "configs/text-classification/lora.yaml",
+        [
+            f"train.storage_path={storage}",
+            "train.name=cloud",
+            "train.max_steps=6",
+            "train.eval_every_steps=3",
+        ],
+    )
+    result = run_training(cfg)
+
+    best = result.best_checkpoint
+    assert best.startswith("s3://") and "/runs/cloud/checkpoint_" in best
+    assert best.split("?", 1)[1] == storage.split("?", 1)[1]  # the server options travel with the URI
+    checkpoint = Location.parse(best)
+    names = {i.base_name for i in checkpoint.fs.get_file_info(pafs.FileSelector(checkpoint.path))}
+    assert {"adapter_model.safetensors", "rayformers.json", "base_model", "training_state.pt"} <= names
+
+    run = Location.parse(storage) / "cloud"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_checkpoint"] == best
+    assert [h["step"] for h in summary["history"]] == [3, 6]  # read back from the checkpoint's state
+    assert (run / "tokenized" / "manifest.json").exists() and (run / "tokenized" / "train").exists()
+    events = run.fs.get_file_info(pafs.FileSelector((run / "tensorboard").path, recursive=True))
+    assert any("tfevents" in i.base_name for i in events)
+    assert not Path("s3:").exists()  # nothing of it went to a local directory named after the scheme
+
+    from serving.app import task_of
+    from serving.args import AppArgs
+    from serving.checkpoint import load_checkpoint
+    from serving.handlers.classification import TextClassificationHandler
+
+    assert task_of(AppArgs(name="cloud", checkpoint=best)) == "text-classification"
+    handler = TextClassificationHandler(load_checkpoint(best))
+    out = handler.predict(["a wonderful, moving film"], {})
+    assert out[0]["label"] in ("negative", "positive")
