@@ -31,14 +31,6 @@ def summary_of(result):
     return json.loads(Path(result.summary_path).read_text())
 
 
-def test_rerun_with_the_same_name_resumes(tmp_path):
-    first = run_training(config(tmp_path, "resumed", 20))
-    assert summary_of(first)["resumed_from"] == []
-    second = summary_of(run_training(config(tmp_path, "resumed", 40)))
-    assert second["resumed_from"] == [20]
-    assert [h["step"] for h in second["history"]] == [10, 20, 30, 40]
-
-
 def _kill_one_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
     import psutil
 
@@ -55,7 +47,7 @@ def _kill_one_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) ->
             return
 
 
-def test_a_killed_worker_resumes_from_the_latest_checkpoint(tmp_path):
+def test_a_killed_worker_resumes_and_a_rerun_with_the_same_name_continues(tmp_path):
     killed: list[int] = []
     killer = threading.Thread(
         target=_kill_one_worker_after_first_checkpoint, args=(tmp_path / "killed", killed), daemon=True
@@ -67,3 +59,9 @@ def test_a_killed_worker_resumes_from_the_latest_checkpoint(tmp_path):
     summary = summary_of(result)
     assert summary["resumed_from"] and summary["resumed_from"][0] >= 10
     assert summary["history"][-1]["step"] == 60
+
+    # The run finished. Started again under the same name with more steps, it continues from step 60
+    # (model, optimizer, scheduler and history from that checkpoint) rather than starting over.
+    again = summary_of(run_training(config(tmp_path, "killed", 70)))
+    assert again["resumed_from"] == [*summary["resumed_from"], 60]
+    assert [h["step"] for h in again["history"]] == [*[h["step"] for h in summary["history"]], 70]
