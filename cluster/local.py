@@ -4,10 +4,18 @@ raylet with its own resources, for developing and testing multi-node behaviour w
 Ray 2.60's `ray start --head` turns token authentication on; every node and every driver of such a
 cluster must run with `RAY_AUTH_MODE=token` (set here for the nodes; `connect()` sets it for drivers
 that join an address). Node i also gets a custom resource `rayformers_node_<i>`, so work can be pinned.
+
+Each worker node gets its own `--temp-dir`. By default a worker node takes the head's temp dir and session
+name, so on one machine every raylet shares /tmp/ray/session_*/runtime_resources, while each node's runtime
+env agent keeps its own in-memory URI cache. The first task on a second node then unpacks a job's
+working_dir again with overwrite=True (Ray's WorkingDirPlugin.create -> download_and_unpack_package:
+shutil.rmtree, then unzip). That deletes the directory the job's driver is running in. On separate machines
+each node has its own disk, which is the layout Ray assumes.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -51,6 +59,16 @@ def _run(args: list[str]) -> None:
         raise ClusterStartError(f"`{' '.join(args[:3])} ...` failed: " + " | ".join(tail))
 
 
+NODE_TEMP_DIRS = "/tmp/ray-{port}-node{index}"
+"""Worker nodes' own Ray temp dirs: under /tmp, as Ray's default, because Unix socket paths under them
+must stay short."""
+
+
+def node_temp_dir(port: int, index: int) -> str:
+    """Worker node `index`'s own Ray temp dir."""
+    return NODE_TEMP_DIRS.format(port=port, index=index)
+
+
 def start_local(
     nodes: int, cpus_per_node: float = 1, port: int = 6379, dashboard_port: int = 8265
 ) -> LocalCluster:
@@ -66,7 +84,10 @@ def start_local(
     address = f"127.0.0.1:{port}"
     try:
         for i in range(1, nodes):
-            _run([ray, "start", f"--address={address}", f'--resources={{"rayformers_node_{i}": 1}}', *common])
+            _run(
+                [ray, "start", f"--address={address}", f'--resources={{"rayformers_node_{i}": 1}}',
+                 f"--temp-dir={node_temp_dir(port, i)}", *common]
+            )  # fmt: skip
     except ClusterStartError:
         stop_local()
         raise
@@ -74,7 +95,9 @@ def start_local(
 
 
 def stop_local() -> None:
-    """Stop every Ray node this machine runs (`ray stop`)."""
+    """Stop every Ray node this machine runs (`ray stop`), and remove the worker nodes' temp dirs."""
     subprocess.run(
         [_ray(), "stop", "--force"], env={**os.environ, **AUTH_ENV}, capture_output=True, timeout=120
     )
+    for directory in glob.glob(NODE_TEMP_DIRS.format(port="*", index="*")):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -46,6 +46,13 @@ def _is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:  # the working directory was deleted while this process ran in it
+        return "a working directory that no longer exists"
+
+
 def resolve_paths(path: str | list[str], field: str) -> list[str]:
     """Absolute local paths (globs and directories expanded) or cloud URIs, checked to exist locally."""
     resolved: list[str] = []
@@ -72,7 +79,7 @@ def resolve_paths(path: str | list[str], field: str) -> list[str]:
             resolved.append(os.path.abspath(local))
         else:
             raise DataError(
-                f"{field}: file {item!r} does not exist (looked in {os.getcwd()}); give an existing path, "
+                f"{field}: file {item!r} does not exist (looked in {_cwd()}); give an existing path, "
                 "a glob, a directory or an s3:// / gs:// URI"
             )
     return resolved
