@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 import ray
 import ray.data
 
 from data.rows import DataError
-from data.stats import summarize
+from data.stats import SplitSummary
 from data.storage import Location
 from data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.config import DataConfig
@@ -37,11 +39,10 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
         if dataset is None:
             continue
         dataset.write_parquet((out / name).path, filesystem=out.fs)
-        written = ray.data.read_parquet((out / name).path, filesystem=out.fs)
-        columns = columns or list(written.columns())
-        summary, _ = summarize(written, settings)
+        summary = _summarize_shards(out / name, settings)
         if summary.rows == 0:
             raise DataError(f"data.{name}: no rows are left after reading and filtering; check the source")
+        columns = columns or _columns(out / name)
         splits[name] = summary
     skipped = bad()
     manifest = DataManifest(
@@ -64,6 +65,23 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
     )
     (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
+
+
+def _columns(shards: Location) -> list[str]:
+    return list(pads.dataset(shards.path, filesystem=shards.fs, format="parquet").schema.names)
+
+
+def _summarize_shards(shards: Location, settings: PreprocessSettings) -> SplitSummary:
+    """Counts of the written shards, streamed on the driver through only the columns they need: a Ray
+    Data job here would cost more to start than reading a few columns does."""
+    summary = SplitSummary()
+    if not shards.exists():  # nothing was written: every row was filtered out
+        return summary
+    dataset = pads.dataset(shards.path, filesystem=shards.fs, format="parquet")
+    wanted = [c for c in ("input_ids", "truncated", "labels") if c in dataset.schema.names]
+    for batch in dataset.to_batches(columns=wanted, batch_size=8192):
+        summary.add(pa.Table.from_batches([batch]), settings)
+    return summary
 
 
 def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> TokenizedData:
