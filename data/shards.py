@@ -21,15 +21,24 @@ from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, pa
 if TYPE_CHECKING:
     from data.pipeline import TokenizedData
 
-__all__ = ["read_tokenized", "write_tokenized"]
+__all__ = ["check_empty", "read_tokenized", "write_tokenized"]
+
+
+def check_empty(where: str | Path | Location) -> Location:
+    """`where` as a Location, if nothing is there yet (shards of two runs are never mixed)."""
+    try:
+        out = where if isinstance(where, Location) else Location.parse(where)
+    except ValueError as err:
+        raise DataError(f"--out: {err}") from None
+    if not out.is_empty_dir():
+        raise DataError(f"--out {str(out)!r} is not empty; choose a new directory (shards are never mixed)")
+    return out
 
 
 def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Path | Location) -> DataManifest:
     """Write each split as Parquet shards under `<where>/<split>/` and `<where>/manifest.json` (a local
     directory or cloud storage)."""
-    out = where if isinstance(where, Location) else Location.parse(where)
-    if not out.is_empty_dir():
-        raise DataError(f"--out {str(out)!r} is not empty; choose a new directory (shards are never mixed)")
+    out = check_empty(where)
     out.mkdir()
     settings = tokenized.settings
     splits = {}

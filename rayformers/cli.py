@@ -96,8 +96,9 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
-    from data.shards import write_tokenized
+    from data.shards import check_empty, write_tokenized
 
+    check_empty(args.out)  # before Ray starts and the data is read
     with _tokenized(args) as (cfg, tokenized):
         manifest = write_tokenized(tokenized, cfg.data, args.out)
     for split, stats in manifest.splits.items():
