@@ -64,7 +64,30 @@ def load_tokenizer(
         if tokenizer.eos_token is None:
             raise DataError(f"tokenizer {source!r} has neither a pad nor an eos token; add a pad token")
         tokenizer.pad_token = tokenizer.eos_token
+    if task == "text-generation":
+        _no_trailing_eos(tokenizer)
     return tokenizer
+
+
+def _no_trailing_eos(tokenizer: PreTrainedTokenizerBase) -> None:
+    """A causal LM's prompt must not end with an end-of-text token. A tokenizer whose template closes
+    every text (`<s> $A </s>`, as RoBERTa/BART's do) gets one that only opens it (`<s> $A`), so that
+    `transformers.pipeline("text-generation")` on a checkpoint continues a prompt rather than a
+    finished text, and sees the same ids serving does. Training still ends each text with EOS."""
+    from tokenizers import processors
+
+    ids = tokenizer("a")["input_ids"]
+    closers = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
+    if len(ids) < 2 or ids[-1] not in closers:
+        return
+    opener = ids[0] if ids[0] in {tokenizer.bos_token_id, tokenizer.cls_token_id} - {None} else None
+    if opener is None:
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+        return
+    token = tokenizer.convert_ids_to_tokens(opener)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{token} $A", pair=f"{token} $A $B", special_tokens=[(token, opener)]
+    )
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

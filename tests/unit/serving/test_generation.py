@@ -42,10 +42,16 @@ def test_greedy_generation_is_the_models_own(handler):
     assert handler.predict([PROMPT], {"max_new_tokens": 10}) == [output]  # deterministic
 
 
-def test_prompt_drops_the_end_of_text_token_training_appends(handler):
+def test_a_prompt_is_opened_not_closed_and_training_closes_each_text(handler):
+    from data.preprocess import tokenize_causal_lm
+
     (ids,) = handler.prompt_ids([PROMPT], 4)
-    eos = handler.tokenizer.eos_token_id
-    assert ids[-1] != eos and handler.tokenizer(PROMPT)["input_ids"][-1] == eos
+    tok = handler.tokenizer
+    # The sample BPE's template is `<s> $A </s>`; loaded for text generation it only opens a text, so
+    # the prompt (here and in transformers.pipeline) does not say the text is over.
+    assert ids == tok(PROMPT)["input_ids"] and ids[0] == tok.bos_token_id and ids[-1] != tok.eos_token_id
+    (trained,) = tokenize_causal_lm({"text": [PROMPT]}, tok, handler.settings)["input_ids"]
+    assert trained == [*ids, tok.eos_token_id]
     (empty,) = handler.prompt_ids([""], 4)
     assert empty == [handler.tokenizer.bos_token_id]  # an empty prompt starts from <s>
 
