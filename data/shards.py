@@ -21,7 +21,16 @@ from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, pa
 if TYPE_CHECKING:
     from data.pipeline import TokenizedData
 
-__all__ = ["check_empty", "read_tokenized", "write_tokenized"]
+__all__ = ["MANIFEST", "check_empty", "read_manifest", "read_tokenized", "write_tokenized"]
+
+
+MANIFEST = "manifest.json"
+"""The file beside the split directories that says how the shards were made."""
+
+
+def read_manifest(shards: Location) -> DataManifest:
+    """The manifest of the shards at `shards` (FileNotFoundError when there is none)."""
+    return DataManifest.model_validate_json((shards / MANIFEST).read_text())
 
 
 def check_empty(where: str | Path | Location) -> Location:
@@ -72,7 +81,7 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
         columns=columns,
         versions=package_versions(),
     )
-    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
+    (out / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 
@@ -100,7 +109,7 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
     assert data.tokenized is not None
     directory = Location.parse(data.tokenized)
     try:
-        manifest = DataManifest.model_validate_json((directory / "manifest.json").read_text())
+        manifest = read_manifest(directory)
     except FileNotFoundError:
         raise DataError(
             f"data.tokenized: {str(directory)!r} has no manifest.json; point it at a directory written by "

@@ -19,6 +19,7 @@ import ray.data
 from ray.data.datasource import FileBasedDatasource
 
 from data.rows import DataError
+from data.storage import Location, is_remote
 from rayformers.config import SourceConfig
 
 __all__ = ["ReadSource", "infer_format", "read_source", "resolve_paths"]
@@ -42,10 +43,6 @@ READ_CPUS = 0.25
 # file streams blocks of _LINES_PER_BLOCK lines, and the tokenizer pool supplies the parallelism.
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _cwd() -> str:
     try:
         return os.getcwd()
@@ -57,7 +54,7 @@ def resolve_paths(path: str | list[str], field: str) -> list[str]:
     """Absolute local paths (globs and directories expanded) or cloud URIs, checked to exist locally."""
     resolved: list[str] = []
     for item in [path] if isinstance(path, str) else path:
-        if _is_remote(item):
+        if is_remote(item):
             resolved.append(item)
             continue
         local = os.path.expanduser(item.removeprefix("file://"))
@@ -139,7 +136,7 @@ def read_source(source: SourceConfig, field: str, label_column: str | None = Non
 
 def _starts_with_array(path: str) -> bool:
     """A .json file is either JSON Lines (the Hugging Face convention) or one JSON array."""
-    if _is_remote(path):
+    if is_remote(path):
         return False
     with open(path, "rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -164,10 +161,8 @@ def _read_csv(paths: list[str], encoding: str) -> ray.data.Dataset:
 def _csv_header(path: str, encoding: str) -> list[str]:
     import csv
 
-    import pyarrow.fs as pafs
-
-    fs, where = pafs.FileSystem.from_uri(path) if _is_remote(path) else (pafs.LocalFileSystem(), path)
-    with fs.open_input_stream(where) as f:
+    where = Location.parse(path)
+    with where.fs.open_input_stream(where.path) as f:
         head = f.read(65536)
     first = head.split(b"\n", 1)[0].decode(encoding, errors="replace")
     return next(csv.reader([first]), [])

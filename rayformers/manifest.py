@@ -141,11 +141,6 @@ class DataManifest(_Record):
     columns: list[str]
     versions: dict[str, str]
 
-    def write(self, directory: str | Path) -> Path:
-        path = Path(directory) / "manifest.json"
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-        return path
-
     @classmethod
     def read(cls, directory: str | Path) -> DataManifest:
         path = Path(directory) / "manifest.json"

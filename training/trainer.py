@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 
 from data.pipeline import build_tokenized
 from data.rows import DataError
-from data.shards import write_tokenized
+from data.shards import MANIFEST, read_manifest, write_tokenized
 from data.storage import Location, is_remote
 from rayformers.config import RunConfig
 from rayformers.manifest import DataManifest
@@ -147,8 +147,8 @@ def _fingerprint(cfg: RunConfig) -> str:
 def _tokenize_once(cfg: RunConfig, run_dir: Location) -> DataManifest:
     """Tokenize into `<run>/tokenized` once; a resumed run reuses the shards when they still match."""
     target = run_dir / "tokenized"
-    if (target / "manifest.json").exists():
-        manifest = DataManifest.model_validate_json((target / "manifest.json").read_text())
+    if (target / MANIFEST).exists():
+        manifest = read_manifest(target)
         if manifest.source == cfg.data.model_dump(mode="json"):
             return manifest
         raise DataError(
