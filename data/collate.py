@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.preprocess import IGNORE_INDEX
+from rayformers.data.preprocess import IGNORE_INDEX
 
 __all__ = ["PASSTHROUGH", "MaskingCollator", "PaddingCollator", "build_collator"]
 

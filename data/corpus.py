@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from data.records import RecordSpec, prepare_records
-from data.rows import DataError
-from data.sources import read_source
 from rayformers.config import DataConfig
+from rayformers.data.records import RecordSpec, prepare_records
+from rayformers.data.rows import DataError
+from rayformers.data.sources import read_source
 from rayformers.tasks import get_task
 
 __all__ = ["stream_texts"]

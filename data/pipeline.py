@@ -16,12 +16,12 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from data.preprocess import Mode
-from data.records import ORIGIN, RecordSpec, prepare_records
-from data.rows import DataError, SharedLedger, check_rows, report_bad_rows, row_error
-from data.sources import READ_CPUS, read_source
-from data.tokenizer import load_tokenizer, tokenizer_class_path
 from rayformers.config import DataConfig, SourceConfig
+from rayformers.data.preprocess import Mode
+from rayformers.data.records import ORIGIN, RecordSpec, prepare_records
+from rayformers.data.rows import DataError, SharedLedger, check_rows, report_bad_rows, row_error
+from rayformers.data.sources import READ_CPUS, read_source
+from rayformers.data.tokenizer import load_tokenizer, tokenizer_class_path
 from rayformers.manifest import LabelMap, PreprocessSettings, label_key
 from rayformers.tasks import TaskSpec, get_task
 
@@ -222,7 +222,7 @@ def build_tokenized(
 ) -> TokenizedData:
     """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded."""
     if data.tokenized is not None:
-        from data.shards import read_tokenized
+        from rayformers.data.shards import read_tokenized
 
         return read_tokenized(data, task_name, tokenizer_source)
     task = get_task(task_name)

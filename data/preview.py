@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from data.pipeline import TokenizedData
-from data.rows import DataError
-from data.stats import decode_rows, summarize
-from data.tokenizer import load_tokenizer
+from rayformers.data.pipeline import TokenizedData
+from rayformers.data.rows import DataError
+from rayformers.data.stats import decode_rows, summarize
+from rayformers.data.tokenizer import load_tokenizer
 
 __all__ = ["preview"]
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from data.rows import DataError, report_bad_rows
+from rayformers.data.rows import DataError, report_bad_rows
 
 __all__ = ["RecordSpec", "prepare_records"]
 

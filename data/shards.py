@@ -11,15 +11,15 @@ import pyarrow.dataset as pads
 import ray
 import ray.data
 
-from data.rows import DataError
-from data.stats import SplitSummary
-from data.storage import Location
-from data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.config import DataConfig
+from rayformers.data.rows import DataError
+from rayformers.data.stats import SplitSummary
+from rayformers.data.storage import Location
+from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
 
 if TYPE_CHECKING:
-    from data.pipeline import TokenizedData
+    from rayformers.data.pipeline import TokenizedData
 
 __all__ = ["MANIFEST", "check_empty", "read_manifest", "read_tokenized", "write_tokenized"]
 
@@ -104,7 +104,7 @@ def _summarize_shards(shards: Location, settings: PreprocessSettings) -> SplitSu
 
 def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> TokenizedData:
     """The shards in `data.tokenized`, after checking they were made the way this config asks."""
-    from data.pipeline import TokenizedData
+    from rayformers.data.pipeline import TokenizedData
 
     assert data.tokenized is not None
     directory = Location.parse(data.tokenized)

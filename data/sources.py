@@ -18,9 +18,9 @@ import pyarrow as pa
 import ray.data
 from ray.data.datasource import FileBasedDatasource
 
-from data.rows import DataError
-from data.storage import Location, is_remote
 from rayformers.config import SourceConfig
+from rayformers.data.rows import DataError
+from rayformers.data.storage import Location, is_remote
 
 __all__ = ["ReadSource", "infer_format", "read_source", "resolve_paths"]
 

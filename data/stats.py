@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.preprocess import IGNORE_INDEX
+from rayformers.data.preprocess import IGNORE_INDEX
 from rayformers.manifest import PreprocessSettings
 
 __all__ = ["SplitSummary", "decode_rows", "summarize"]

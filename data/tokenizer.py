@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.rows import DataError
+from rayformers.data.rows import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

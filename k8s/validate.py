@@ -888,5 +888,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # rayformers, when run as a script from a checkout
     sys.exit(main())

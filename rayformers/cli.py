@@ -42,8 +42,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 @contextmanager
 def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The config and its lazily tokenized splits, inside a Ray session closed on the way out."""
-    from cluster import connect
-    from data.pipeline import build_tokenized
+    from rayformers.cluster import connect
+    from rayformers.data.pipeline import build_tokenized
 
     cfg = load_config(args.config, args.overrides)
     with connect(cfg.cluster):
@@ -68,7 +68,7 @@ def _print_bad_rows(bad_rows: dict[str, dict[str, Any]]) -> None:
 
 
 def _cmd_data_preview(args: argparse.Namespace) -> int:
-    from data.preview import preview
+    from rayformers.data.preview import preview
 
     with _tokenized(args) as (_, tokenized):
         report = preview(tokenized, args.rows)
@@ -96,7 +96,7 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_tokenize(args: argparse.Namespace) -> int:
-    from data.shards import check_empty, write_tokenized
+    from rayformers.data.shards import check_empty, write_tokenized
 
     check_empty(args.out)  # before Ray starts and the data is read
     with _tokenized(args) as (cfg, tokenized):
@@ -109,9 +109,9 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
-    from cluster import connect
-    from data.corpus import stream_texts
-    from data.tokenizer_training import train_tokenizer
+    from rayformers.cluster import connect
+    from rayformers.data.corpus import stream_texts
+    from rayformers.data.tokenizer_training import train_tokenizer
 
     cfg = load_config(args.config, args.overrides)
     with connect(cfg.cluster):
@@ -124,8 +124,8 @@ def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cluster import connect
-    from training.trainer import run_training
+    from rayformers.cluster import connect
+    from rayformers.training.trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
     with connect(cfg.cluster):
@@ -137,7 +137,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_checkpoint
+    from rayformers.training.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, merge_lora=args.merge_lora)
     print(out)
@@ -147,7 +147,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _serve_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
     """The serve section, its apps as builder arguments, and the cluster to run on."""
     from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
-    from serving.app import app_args, checked
+    from rayformers.serving.app import app_args, checked
 
     if args.checkpoint:
         if args.config:
@@ -176,7 +176,7 @@ def _serve_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.server import block_stop_signals, deploy, serve_until_stopped
+    from rayformers.serving.server import block_stop_signals, deploy, serve_until_stopped
 
     serve_cfg, apps, cluster = _serve_setup(args)
     block_stop_signals()
@@ -188,7 +188,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_serve_build(args: argparse.Namespace) -> int:
     import yaml
 
-    from serving.app import app_args, deploy_config
+    from rayformers.serving.app import app_args, deploy_config
 
     cfg = load_config(args.config, args.overrides)
     config = deploy_config(cfg.serve, app_args(cfg))
@@ -204,7 +204,7 @@ def _cmd_serve_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_local(args: argparse.Namespace) -> int:
-    from cluster.local import start_local
+    from rayformers.cluster.local import start_local
 
     local = start_local(args.nodes, args.cpus_per_node, args.port, args.dashboard_port)
     print(f"started a local Ray cluster of {local.nodes} nodes ({args.cpus_per_node:g} CPU each)")
@@ -217,7 +217,7 @@ def _cmd_cluster_local(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_down(args: argparse.Namespace) -> int:
-    from cluster.local import stop_local
+    from rayformers.cluster.local import stop_local
 
     stop_local()
     print("stopped every Ray node on this machine")
@@ -225,7 +225,7 @@ def _cmd_cluster_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from cluster.jobs import submit_training
+    from rayformers.cluster.jobs import submit_training
 
     cfg = load_config(args.config, args.overrides)  # refuse a bad config here, before anything is shipped
     job_id, status = submit_training(args.config, args.overrides, args.address, cfg.cluster)
@@ -346,13 +346,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors)."""
-    from cluster.jobs import SubmitError
-    from cluster.local import ClusterStartError
-    from data.rows import DataError
-    from serving.errors import ServingError
-    from training.export import ExportError
-    from training.model import ModelError
-    from training.trainer import ResourceError
+    from rayformers.cluster.jobs import SubmitError
+    from rayformers.cluster.local import ClusterStartError
+    from rayformers.data.rows import DataError
+    from rayformers.serving.errors import ServingError
+    from rayformers.training.export import ExportError
+    from rayformers.training.model import ModelError
+    from rayformers.training.trainer import ResourceError
 
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve-build", *argv[2:]]
     args = _parser().parse_args(argv)
     if args.command != "validate":
-        from cluster import use_token_auth_if_set_up
+        from rayformers.cluster import use_token_auth_if_set_up
 
         use_token_auth_if_set_up()
         _install_log_filter_after_ray_import()

@@ -41,14 +41,14 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 
 def run_quickstart(workdir: Path, *, port: int = 8000, keep_serving: bool = False) -> dict[str, Any]:
     """Run the flow in `workdir`; return the metrics and the served answers."""
-    from cluster import connect
-    from data.corpus import stream_texts
-    from data.tokenizer_training import train_tokenizer
+    from rayformers.cluster import connect
     from rayformers.config import ServeAppConfig
+    from rayformers.data.corpus import stream_texts
+    from rayformers.data.tokenizer_training import train_tokenizer
     from rayformers.loading import load_config
-    from serving.app import checked
-    from serving.server import block_stop_signals, deploy, serve_until_stopped
-    from training.trainer import run_training
+    from rayformers.serving.app import checked
+    from rayformers.serving.server import block_stop_signals, deploy, serve_until_stopped
+    from rayformers.training.trainer import run_training
 
     started = time.monotonic()
     if keep_serving:

@@ -86,8 +86,8 @@ def _resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-_CLASSIFY = "data.preprocess:tokenize_classification"
-_PAD = "data.collate:PaddingCollator"
+_CLASSIFY = "rayformers.data.preprocess:tokenize_classification"
+_PAD = "rayformers.data.collate:PaddingCollator"
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -107,7 +107,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="accuracy",
             metric_mode="max",
             pipeline_task="text-classification",
-            handler="serving.handlers.classification:TextClassificationHandler",
+            handler="rayformers.serving.handlers.classification:TextClassificationHandler",
         ),
         TaskSpec(
             name="token-classification",
@@ -115,7 +115,7 @@ TASKS: dict[str, TaskSpec] = {
             columns=("tokens", "tags"),
             optional_columns=(),
             inference_columns=("text",),
-            preprocess="data.preprocess:tokenize_token_classification",
+            preprocess="rayformers.data.preprocess:tokenize_token_classification",
             auto_model="AutoModelForTokenClassification",
             collator=_PAD,
             label_column="tags",
@@ -124,7 +124,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="f1",
             metric_mode="max",
             pipeline_task="token-classification",
-            handler="serving.handlers.tokens:TokenClassificationHandler",
+            handler="rayformers.serving.handlers.tokens:TokenClassificationHandler",
         ),
         TaskSpec(
             name="question-answering",
@@ -132,7 +132,7 @@ TASKS: dict[str, TaskSpec] = {
             columns=("question", "context", "answers"),
             optional_columns=("id",),
             inference_columns=("question", "context"),
-            preprocess="data.preprocess:tokenize_question_answering",
+            preprocess="rayformers.data.preprocess:tokenize_question_answering",
             auto_model="AutoModelForQuestionAnswering",
             collator=_PAD,
             label_column=None,
@@ -141,7 +141,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="f1",
             metric_mode="max",
             pipeline_task=None,
-            handler="serving.handlers.answers:QuestionAnsweringHandler",
+            handler="rayformers.serving.handlers.answers:QuestionAnsweringHandler",
         ),
         TaskSpec(
             name="fill-mask",
@@ -149,16 +149,16 @@ TASKS: dict[str, TaskSpec] = {
             columns=("text",),
             optional_columns=(),
             inference_columns=("text",),
-            preprocess="data.preprocess:tokenize_language_modeling",
+            preprocess="rayformers.data.preprocess:tokenize_language_modeling",
             auto_model="AutoModelForMaskedLM",
-            collator="data.collate:MaskingCollator",
+            collator="rayformers.data.collate:MaskingCollator",
             label_column=None,
             label_kind="none",
             metrics=("perplexity",),
             default_metric="perplexity",
             metric_mode="min",
             pipeline_task="fill-mask",
-            handler="serving.handlers.fill_mask:FillMaskHandler",
+            handler="rayformers.serving.handlers.fill_mask:FillMaskHandler",
         ),
         TaskSpec(
             name="text-generation",
@@ -166,7 +166,7 @@ TASKS: dict[str, TaskSpec] = {
             columns=("text",),
             optional_columns=(),
             inference_columns=("text",),
-            preprocess="data.preprocess:tokenize_causal_lm",
+            preprocess="rayformers.data.preprocess:tokenize_causal_lm",
             auto_model="AutoModelForCausalLM",
             collator=_PAD,
             label_column=None,
@@ -175,7 +175,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="perplexity",
             metric_mode="min",
             pipeline_task="text-generation",
-            handler="serving.handlers.generation:TextGenerationHandler",
+            handler="rayformers.serving.handlers.generation:TextGenerationHandler",
         ),
         TaskSpec(
             name="summarization",
@@ -226,7 +226,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="accuracy",
             metric_mode="max",
             pipeline_task="zero-shot-classification",
-            handler="serving.handlers.zero_shot:ZeroShotHandler",
+            handler="rayformers.serving.handlers.zero_shot:ZeroShotHandler",
             extra={"required_label": "entailment"},
         ),
         TaskSpec(
@@ -235,7 +235,7 @@ TASKS: dict[str, TaskSpec] = {
             columns=("text", "text_pair"),
             optional_columns=(),
             inference_columns=("text",),
-            preprocess="data.preprocess:tokenize_embedding_pairs",
+            preprocess="rayformers.data.preprocess:tokenize_embedding_pairs",
             auto_model="AutoModel",
             collator=_PAD,
             label_column=None,
@@ -244,7 +244,7 @@ TASKS: dict[str, TaskSpec] = {
             default_metric="recall_at_1",
             metric_mode="max",
             pipeline_task="feature-extraction",
-            handler="serving.handlers.embeddings:FeatureExtractionHandler",
+            handler="rayformers.serving.handlers.embeddings:FeatureExtractionHandler",
         ),
     )
 }

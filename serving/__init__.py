@@ -30,15 +30,15 @@ __all__ = [
 ]
 
 _WHERE = {
-    "CheckpointError": "serving.errors",
-    "InputError": "serving.errors",
-    "ServingError": "serving.errors",
-    "UnknownAdapterError": "serving.errors",
-    "LoadedModel": "serving.checkpoint",
-    "load_checkpoint": "serving.checkpoint",
-    "resolve_dtype": "serving.checkpoint",
-    "Handler": "serving.handlers.base",
-    "build_handler": "serving.handlers.base",
+    "CheckpointError": "rayformers.serving.errors",
+    "InputError": "rayformers.serving.errors",
+    "ServingError": "rayformers.serving.errors",
+    "UnknownAdapterError": "rayformers.serving.errors",
+    "LoadedModel": "rayformers.serving.checkpoint",
+    "load_checkpoint": "rayformers.serving.checkpoint",
+    "resolve_dtype": "rayformers.serving.checkpoint",
+    "Handler": "rayformers.serving.handlers.base",
+    "build_handler": "rayformers.serving.handlers.base",
 }
 
 

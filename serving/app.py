@@ -2,7 +2,7 @@
 
 `build_app(AppArgs)` is one served checkpoint: a FastAPI ingress in front of the model deployment.
 `build_gateway(GatewayArgs)` is the app at `/`: the index, the OpenAI routes and JSON 404s. Both take
-typed arguments, so a config file naming `serving.app:build_app` with its `args` works unchanged with
+typed arguments, so a config file naming `rayformers.serving.app:build_app` with its `args` works unchanged with
 `serve run FILE`, `serve deploy FILE` and a KubeRay RayService `serveConfigV2`.
 """
 
@@ -16,9 +16,9 @@ from ray.serve.config import BackpressureConfig
 
 from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
 from rayformers.manifest import CHECKPOINT_MANIFEST
-from serving.args import AppArgs, GatewayApp, GatewayArgs
-from serving.errors import CheckpointError
-from serving.schemas import schema_for
+from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs
+from rayformers.serving.errors import CheckpointError
+from rayformers.serving.schemas import schema_for
 
 __all__ = ["GATEWAY", "app_args", "build_app", "build_gateway", "checked", "deploy_config", "task_of"]
 
@@ -28,7 +28,7 @@ _RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
 
 def task_of(args: AppArgs) -> str:
     """The app's task: as configured, else as the checkpoint's manifest says (local or cloud)."""
-    from data.storage import Location
+    from rayformers.data.storage import Location
 
     manifest = Location.parse(args.checkpoint) / CHECKPOINT_MANIFEST
     try:
@@ -58,8 +58,8 @@ def task_of(args: AppArgs) -> str:
 
 def build_app(args: AppArgs) -> Application:
     """One served checkpoint: `/{name}/predict`, `/{name}/info`, `/{name}/docs`."""
-    from serving.ingress import ingress_deployment
-    from serving.replica import ModelReplica
+    from rayformers.serving.ingress import ingress_deployment
+    from rayformers.serving.replica import ModelReplica
 
     task = task_of(args)
     args = args.model_copy(update={"task": task})
@@ -88,7 +88,7 @@ def build_app(args: AppArgs) -> Application:
 
 def build_gateway(args: GatewayArgs) -> Application:
     """The app at `/`: index, OpenAI-compatible `/v1/*`, JSON 404 for unknown apps."""
-    from serving.gateway import gateway_deployment
+    from rayformers.serving.gateway import gateway_deployment
 
     return gateway_deployment(args).bind()  # type: ignore[no-any-return]
 
@@ -121,7 +121,7 @@ def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
         {
             "name": a.name,
             "route_prefix": f"/{a.name}",
-            "import_path": "serving.app:build_app",
+            "import_path": "rayformers.serving.app:build_app",
             "args": a.model_copy(update={"task": tasks[a.name]}).model_dump(mode="json"),
         }
         for a in apps
@@ -134,7 +134,7 @@ def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
         {
             "name": GATEWAY,
             "route_prefix": "/",
-            "import_path": "serving.app:build_gateway",
+            "import_path": "rayformers.serving.app:build_gateway",
             "args": gateway.model_dump(mode="json"),
         }
     )

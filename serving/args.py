@@ -12,7 +12,7 @@ __all__ = ["AppArgs", "GatewayApp", "GatewayArgs"]
 
 
 class AppArgs(ServeAppConfig):
-    """`serving.app:build_app` arguments: one app's serve config plus the HTTP body limit."""
+    """`rayformers.serving.app:build_app` arguments: one app's serve config plus the HTTP body limit."""
 
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
 
@@ -28,7 +28,7 @@ class GatewayApp(BaseModel):
 
 
 class GatewayArgs(BaseModel):
-    """`serving.app:build_gateway` arguments: the apps behind `/v1/*` and the app index at `/`."""
+    """`rayformers.serving.app:build_gateway` arguments: the apps behind `/v1/*` and the app index at `/`."""
 
     model_config = ConfigDict(extra="forbid")
 

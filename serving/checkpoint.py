@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from data.storage import Location, is_remote
+from rayformers.data.storage import Location, is_remote
 from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest, LabelMap, PreprocessSettings
+from rayformers.serving.errors import CheckpointError, UnknownAdapterError
 from rayformers.tasks import TASK_NAMES, TaskSpec, get_task
-from serving.errors import CheckpointError, UnknownAdapterError
 
 if TYPE_CHECKING:
     import torch
@@ -288,8 +288,8 @@ def _check_device(device: str) -> None:
 
 
 def _tokenizer(root: Path, spec: TaskSpec) -> Any:
-    from data.rows import DataError
-    from data.tokenizer import load_tokenizer
+    from rayformers.data.rows import DataError
+    from rayformers.data.tokenizer import load_tokenizer
 
     try:
         # The loader training used: same padding token and prefix-space setup for the task.

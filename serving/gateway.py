@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from serving import openai as oai
-from serving.args import GatewayApp, GatewayArgs
-from serving.ingress import RETRY_AFTER_S, call_model
-from serving.responses import ApiError, install
+from rayformers.serving import openai as oai
+from rayformers.serving.args import GatewayApp, GatewayArgs
+from rayformers.serving.ingress import RETRY_AFTER_S, call_model
+from rayformers.serving.responses import ApiError, install
 
 __all__ = ["gateway_deployment"]
 

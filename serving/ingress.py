@@ -18,10 +18,10 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from serving.args import AppArgs
-from serving.replica import Reply
-from serving.responses import ApiError, install
-from serving.schemas import TaskSchema
+from rayformers.serving.args import AppArgs
+from rayformers.serving.replica import Reply
+from rayformers.serving.responses import ApiError, install
+from rayformers.serving.schemas import TaskSchema
 
 __all__ = ["ADAPTER_HEADER", "call_model", "ingress_deployment", "request_model"]
 

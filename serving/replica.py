@@ -22,8 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
-from serving.args import AppArgs
-from serving.errors import InputError, UnknownAdapterError
+from rayformers.serving.args import AppArgs
+from rayformers.serving.errors import InputError, UnknownAdapterError
 
 __all__ = ["MAX_ADAPTERS_PER_REPLICA", "ModelReplica", "Reply", "ReplyError"]
 
@@ -84,8 +84,8 @@ class ModelReplica:
     def __init__(self, args: dict[str, Any]) -> None:
         import torch
 
+        from rayformers.serving.checkpoint import load_checkpoint
         from rayformers.tasks import get_task
-        from serving.checkpoint import load_checkpoint
 
         self.args = AppArgs.model_validate(args)
         device = "cuda" if self.args.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -123,7 +123,7 @@ class ModelReplica:
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """Chat messages as this model's prompt (its chat template, if it has one)."""
-        from serving.openai import chat_prompt
+        from rayformers.serving.openai import chat_prompt
 
         return chat_prompt(self.loaded.tokenizer, messages)
 

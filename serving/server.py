@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rayformers.config import ClusterConfig, ServeConfig
-from serving.args import AppArgs, GatewayArgs
+from rayformers.serving.args import AppArgs, GatewayArgs
 
 __all__ = ["STOP_SIGNALS", "Served", "block_stop_signals", "deploy", "serve_until_stopped"]
 
@@ -53,8 +53,8 @@ def deploy(
     Returns once every app answers."""
     from ray import serve
 
-    from cluster import connect
-    from serving.app import build_app, build_gateway, deploy_config
+    from rayformers.cluster import connect
+    from rayformers.serving.app import build_app, build_gateway, deploy_config
 
     config = deploy_config(serve_cfg, apps)
     session = connect(cluster)

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import torch
 
-from data.tokenizer import load_tokenizer
 from rayformers.config import ModelConfig
+from rayformers.data.tokenizer import load_tokenizer
 from rayformers.manifest import CheckpointManifest, LabelMap, PreprocessSettings, package_versions
 from rayformers.tasks import TASK_NAMES, get_task
-from training import model as model_building
-from training.checkpoint import write_checkpoint
-from training.model import build_model, default_target_modules
+from rayformers.training import model as model_building
+from rayformers.training.checkpoint import write_checkpoint
+from rayformers.training.model import build_model, default_target_modules
 
 __all__ = ["ARCHITECTURES", "LABELS", "TINY_CONFIGS", "make_checkpoint"]
 

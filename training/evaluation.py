@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.preprocess import IGNORE_INDEX
+from rayformers.data.preprocess import IGNORE_INDEX
 from rayformers.manifest import PreprocessSettings
-from training import metrics as m
+from rayformers.training import metrics as m
 
 __all__ = ["embed_pair", "evaluate", "gather", "mean_pool"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest
-from training.checkpoint import BASE_MODEL_DIR, TRAINING_STATE
+from rayformers.training.checkpoint import BASE_MODEL_DIR, TRAINING_STATE
 
 __all__ = ["ExportError", "export_checkpoint", "load_lora_model"]
 

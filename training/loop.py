@@ -44,7 +44,7 @@ def _precision(run: RunConfig) -> torch.dtype | None:
 def _loss(model: Any, batch: dict[str, torch.Tensor], task: str) -> torch.Tensor:
     if task != "feature-extraction":
         return model(**{k: v for k, v in batch.items() if not k.startswith("pair_")}).loss  # type: ignore[no-any-return]
-    from training.evaluation import embed_pair
+    from rayformers.training.evaluation import embed_pair
 
     # In-batch contrastive loss (InfoNCE): each text's positive is its own pair; the others are negatives.
     a, p = embed_pair(model, batch)
@@ -59,15 +59,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from transformers import get_scheduler
 
-    from data.collate import build_collator
-    from data.tokenizer import load_tokenizer
+    from rayformers.data.collate import build_collator
+    from rayformers.data.tokenizer import load_tokenizer
     from rayformers.manifest import package_versions
     from rayformers.tasks import get_task
-    from training.checkpoint import load_training_state, write_checkpoint
-    from training.evaluation import evaluate
-    from training.metrics import is_module_path
-    from training.model import build_model, parameter_counts
-    from training.progress import Progress
+    from rayformers.training.checkpoint import load_training_state, write_checkpoint
+    from rayformers.training.evaluation import evaluate
+    from rayformers.training.metrics import is_module_path
+    from rayformers.training.model import build_model, parameter_counts
+    from rayformers.training.progress import Progress
 
     run, settings, task = cfg.run, cfg.settings, get_task(cfg.settings.task)
     train = run.train
@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ]  # training loss summed over the optimizer steps since the last report, and their count
 
     def report(epoch: int) -> None:
-        from training.evaluation import gather
+        from rayformers.training.evaluation import gather
 
         metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
         losses = [(s, n) for s, n in gather([tuple(interval)]) if n]

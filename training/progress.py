@@ -6,7 +6,7 @@ import tempfile
 import time
 from typing import Any
 
-from data.storage import Location
+from rayformers.data.storage import Location
 
 __all__ = ["Progress"]
 

@@ -17,14 +17,14 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from data.pipeline import build_tokenized
-from data.rows import DataError
-from data.shards import MANIFEST, read_manifest, write_tokenized
-from data.storage import Location, is_remote
 from rayformers.config import RunConfig
+from rayformers.data.pipeline import build_tokenized
+from rayformers.data.rows import DataError
+from rayformers.data.shards import MANIFEST, read_manifest, write_tokenized
+from rayformers.data.storage import Location, is_remote
 from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
-from training.loop import LoopConfig, train_loop_per_worker
+from rayformers.training.loop import LoopConfig, train_loop_per_worker
 
 __all__ = [
     "ResourceError",
@@ -279,7 +279,7 @@ def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
 
 def _history(checkpoint: Location) -> dict[str, Any]:
     """Metric history and the steps the run resumed from, as the latest checkpoint recorded them."""
-    from training.checkpoint import TRAINING_STATE, load_training_state
+    from rayformers.training.checkpoint import TRAINING_STATE, load_training_state
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(checkpoint.path)

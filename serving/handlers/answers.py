@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serving import schemas
-from serving.errors import InputError
-from serving.handlers.base import Handler
-from serving.schemas import QuestionAnsweringParameters, QuestionContext
+from rayformers.serving import schemas
+from rayformers.serving.errors import InputError
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import QuestionAnsweringParameters, QuestionContext
 
 __all__ = ["QuestionAnsweringHandler", "best_spans"]
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from data.collate import PaddingCollator
+from rayformers.data.collate import PaddingCollator
 from rayformers.manifest import PreprocessSettings
-from serving import schemas
-from serving.errors import CheckpointError, InputError
+from rayformers.serving import schemas
+from rayformers.serving.errors import CheckpointError, InputError
 
 if TYPE_CHECKING:
-    from serving.checkpoint import LoadedModel
+    from rayformers.serving.checkpoint import LoadedModel
 
 __all__ = ["Columns", "Handler", "build_handler"]
 

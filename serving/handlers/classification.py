@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from serving import schemas
-from serving.handlers.base import Columns, Handler
-from serving.schemas import ClassificationParameters, TextPair
+from rayformers.serving import schemas
+from rayformers.serving.handlers.base import Columns, Handler
+from rayformers.serving.schemas import ClassificationParameters, TextPair
 
 __all__ = ["TextClassificationHandler", "scores_from_logits"]
 

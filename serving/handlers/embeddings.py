@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from serving import schemas
-from serving.handlers.base import Handler
-from serving.schemas import FeatureExtractionParameters
+from rayformers.serving import schemas
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import FeatureExtractionParameters
 
 __all__ = ["FeatureExtractionHandler", "mean_pool"]
 

@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from serving import schemas
-from serving.errors import CheckpointError, InputError
-from serving.handlers.base import Handler
-from serving.schemas import FillMaskParameters
+from rayformers.serving import schemas
+from rayformers.serving.errors import CheckpointError, InputError
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import FillMaskParameters
 
 __all__ = ["FillMaskHandler"]
 

@@ -19,10 +19,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from serving import schemas
-from serving.errors import InputError
-from serving.handlers.base import Handler
-from serving.schemas import GenerationParameters
+from rayformers.serving import schemas
+from rayformers.serving.errors import InputError
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import GenerationParameters
 
 __all__ = ["GenerationUsage", "TextGenerationHandler", "TextStream"]
 

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from serving import schemas
-from serving.handlers.base import Handler
-from serving.schemas import Seq2SeqParameters
+from rayformers.serving import schemas
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import Seq2SeqParameters
 
 __all__ = ["Seq2SeqHandler", "SummarizationHandler", "TranslationHandler"]
 

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from serving import schemas
-from serving.handlers.base import Handler
-from serving.schemas import TokenClassificationParameters
+from rayformers.serving import schemas
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import TokenClassificationParameters
 
 __all__ = ["TokenClassificationHandler", "group_entities"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from serving import schemas
-from serving.errors import CheckpointError, InputError
-from serving.handlers.base import Handler
-from serving.schemas import ZeroShotParameters
+from rayformers.serving import schemas
+from rayformers.serving.errors import CheckpointError, InputError
+from rayformers.serving.handlers.base import Handler
+from rayformers.serving.schemas import ZeroShotParameters
 
 __all__ = ["ZeroShotHandler"]
 

@@ -12,7 +12,7 @@ import pytest
 def ray_cluster():
     import ray
 
-    from cluster import connect
+    from rayformers.cluster import connect
     from rayformers.config import ClusterConfig
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from data.storage import Location
+from rayformers.data.storage import Location
 from rayformers.loading import load_config
-from training.trainer import run_training
+from rayformers.training.trainer import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parents[2]
@@ -47,10 +47,10 @@ def test_training_into_s3_and_serving_from_it(s3_uri):
     assert any("tfevents" in i.base_name for i in events)
     assert not Path("s3:").exists()  # nothing of it went to a local directory named after the scheme
 
-    from serving.app import task_of
-    from serving.args import AppArgs
-    from serving.checkpoint import load_checkpoint
-    from serving.handlers.classification import TextClassificationHandler
+    from rayformers.serving.app import task_of
+    from rayformers.serving.args import AppArgs
+    from rayformers.serving.checkpoint import load_checkpoint
+    from rayformers.serving.handlers.classification import TextClassificationHandler
 
     assert task_of(AppArgs(name="cloud", checkpoint=best)) == "text-classification"
     handler = TextClassificationHandler(load_checkpoint(best))

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from data.pipeline import build_tokenized
-from data.rows import DataError
 from rayformers.config import DataConfig
+from rayformers.data.pipeline import build_tokenized
+from rayformers.data.rows import DataError
 from tests.conftest import WORDPIECE_VOCAB
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -185,7 +185,7 @@ def test_malformed_json_and_undecodable_bytes_are_counted_when_skipping(tmp_path
 
 
 def test_empty_after_filtering_is_an_error(tmp_path, wordpiece_dir):
-    from data.preview import preview
+    from rayformers.data.preview import preview
 
     train = write_jsonl(
         tmp_path / "train.jsonl", [{"text": "", "label": "a"}, {"text": "the cat", "label": None}]
@@ -196,7 +196,7 @@ def test_empty_after_filtering_is_an_error(tmp_path, wordpiece_dir):
 
 
 def test_tokenize_writes_shards_that_later_runs_reuse(tmp_path, wordpiece_dir, wordlevel_dir):
-    from data.shards import write_tokenized
+    from rayformers.data.shards import write_tokenized
     from rayformers.manifest import DataManifest
 
     train = write_jsonl(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from data.pipeline import build_tokenized
-from data.preview import preview
+from rayformers.data.pipeline import build_tokenized
+from rayformers.data.preview import preview
 from rayformers.loading import load_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rayformers.loading import load_config
-from training.trainer import run_training
+from rayformers.training.trainer import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parents[2]

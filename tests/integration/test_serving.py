@@ -52,8 +52,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    from serving.app import checked
-    from serving.server import deploy
+    from rayformers.serving.app import checked
+    from rayformers.serving.server import deploy
 
     small = {"num_cpus": 0.05}
     apps = [
@@ -146,8 +146,8 @@ def post(base: str, path: str, body: object, **kwargs) -> requests.Response:
 
 
 def in_process(checkpoint: Path, inputs, parameters):
-    from serving.checkpoint import load_checkpoint
-    from serving.handlers.base import build_handler
+    from rayformers.serving.checkpoint import load_checkpoint
+    from rayformers.serving.handlers.base import build_handler
 
     return build_handler(load_checkpoint(str(checkpoint))).predict(inputs, parameters)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from rayformers.loading import load_config
-from training import metrics as m
-from training.trainer import run_training
+from rayformers.training import metrics as m
+from rayformers.training.trainer import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rayformers.loading import load_config
-from training.trainer import ResourceError, run_training
+from rayformers.training.trainer import ResourceError, run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rayformers.manifest import CheckpointManifest
-    from training.export import ExportError, export_checkpoint, load_lora_model
+    from rayformers.training.export import ExportError, export_checkpoint, load_lora_model
 
     checkpoint = Path(runs["lora"].best_checkpoint)
     out = export_checkpoint(checkpoint, tmp_path / "merged", merge_lora=True)

@@ -311,7 +311,10 @@ def test_serve_config_is_a_serve_deploy_schema_and_lands_verbatim_in_the_rayserv
     assert schema.proxy_location.value == "EveryNode" and schema.http_options.host == "0.0.0.0"
     apps = {app.name: app for app in schema.applications}
     sentiment = apps["sentiment"]
-    assert (sentiment.import_path, sentiment.route_prefix) == ("serving.app:build_app", "/sentiment")
+    assert (sentiment.import_path, sentiment.route_prefix) == (
+        "rayformers.serving.app:build_app",
+        "/sentiment",
+    )
     args = ServeAppConfig.model_validate(
         {k: v for k, v in sentiment.args.items() if k in ServeAppConfig.model_fields}
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.collate import MaskingCollator, PaddingCollator, build_collator
-from data.preprocess import IGNORE_INDEX
+from rayformers.data.collate import MaskingCollator, PaddingCollator, build_collator
+from rayformers.data.preprocess import IGNORE_INDEX
 
 
 def ragged(*rows):

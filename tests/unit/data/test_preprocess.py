@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from data.preprocess import (
+from rayformers.data.preprocess import (
     IGNORE_INDEX,
     split_words,
     tokenize_causal_lm,

@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from data.records import RecordSpec, prepare_records
-from data.rows import BadRows, DataError
+from rayformers.data.records import RecordSpec, prepare_records
+from rayformers.data.rows import BadRows, DataError
 
 
 def lines(*raw: bytes) -> pa.Table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data.rows import BadRows, DataError, check_rows, row_error
+from rayformers.data.rows import BadRows, DataError, check_rows, row_error
 from rayformers.manifest import LabelMap, PreprocessSettings
 from rayformers.tasks import get_task
 

@@ -1,4 +1,4 @@
-"""Tests of ``data.sample_sets``: determinism, the committed copy, and the invariants of each set."""
+"""Tests of ``rayformers.data.sample_sets``: determinism, the committed copy, and the invariants of each set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data.sample_sets import DEFAULT_OUT, generate
+from rayformers.data.sample_sets import DEFAULT_OUT, generate
 
 EXPECTED_COUNTS = {
     "sentiment": (2000, 200),
@@ -54,10 +54,12 @@ def test_two_generations_are_byte_identical(samples: Path, tmp_path: Path) -> No
 
 def test_committed_samples_equal_a_fresh_generation(samples: Path) -> None:
     committed, fresh = _tree(DEFAULT_OUT), _tree(samples)
-    assert sorted(committed) == sorted(fresh), "run `python -m data.sample_sets` to regenerate data/samples/"
+    assert sorted(committed) == sorted(fresh), (
+        "run `python -m rayformers.data.sample_sets` to regenerate data/samples/"
+    )
     stale = [name for name in fresh if committed[name] != fresh[name]]
     assert not stale, (
-        f"{stale} differ from a fresh generation; run `python -m data.sample_sets`, do not hand-edit"
+        f"{stale} differ from a fresh generation; run `python -m rayformers.data.sample_sets`, do not hand-edit"
     )
 
 
@@ -166,6 +168,6 @@ def test_translation_is_word_for_word(samples: Path) -> None:
 
 def test_readme_lists_every_set(samples: Path) -> None:
     readme = (samples / "README.md").read_text(encoding="utf-8")
-    assert "python -m data.sample_sets" in readme
+    assert "python -m rayformers.data.sample_sets" in readme
     for name, (train, validation) in EXPECTED_COUNTS.items():
         assert f"| `{name}/` |" in readme and f"| {train} | {validation} |" in readme

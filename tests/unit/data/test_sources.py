@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from data.rows import DataError
-from data.sources import infer_format, resolve_paths
+from rayformers.data.rows import DataError
+from rayformers.data.sources import infer_format, resolve_paths
 
 
 def test_missing_file_names_field_path_and_directory(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from data.storage import Location, is_remote
+from rayformers.data.storage import Location, is_remote
 
 
 def test_local_paths_and_file_uris_are_absolute_local_directories(tmp_path, monkeypatch):

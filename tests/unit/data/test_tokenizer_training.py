@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from data.sample_sets import DEFAULT_OUT
-from data.tokenizer_training import train_tokenizer
+from rayformers.data.sample_sets import DEFAULT_OUT
+from rayformers.data.tokenizer_training import train_tokenizer
 
 CORPUS = DEFAULT_OUT / "corpus" / "train.txt"
 VOCAB_SIZE = 1000

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.errors import InputError
-from serving.handlers.answers import best_spans
-from serving.handlers.base import build_handler
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.errors import InputError
+from rayformers.serving.handlers.answers import best_spans
+from rayformers.serving.handlers.base import build_handler
 
 FILLER = "The weather in Cairo was mild on Thursday. "
 QUESTION = "Who is the mayor of Tokyo?"

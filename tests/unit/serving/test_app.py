@@ -7,9 +7,9 @@ import pytest
 from ray.serve.schema import ServeDeploySchema
 
 from rayformers.config import ServeAppConfig, ServeConfig
-from serving.app import build_app, checked, deploy_config, task_of
-from serving.args import AppArgs
-from serving.errors import CheckpointError
+from rayformers.serving.app import build_app, checked, deploy_config, task_of
+from rayformers.serving.args import AppArgs
+from rayformers.serving.errors import CheckpointError
 
 
 def model_deployment(app):

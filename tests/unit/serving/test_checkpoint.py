@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest
-from serving.checkpoint import load_checkpoint, resolve_dtype
-from serving.errors import CheckpointError, InputError, ServingError, UnknownAdapterError
+from rayformers.serving.checkpoint import load_checkpoint, resolve_dtype
+from rayformers.serving.errors import CheckpointError, InputError, ServingError, UnknownAdapterError
 from tests.checkpoint_factory import make_checkpoint
 
 BATCH = {"text": ["the movie was great", "a bad dog sat on the mat"]}
@@ -228,7 +228,7 @@ def test_errors_keep_their_fields_across_processes():
 
 
 def test_package_exports_resolve_lazily():
-    import serving
+    from rayformers import serving
 
     assert serving.load_checkpoint is load_checkpoint
     assert serving.InputError is InputError

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.handlers.base import build_handler
-from serving.schemas import TextPair
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.handlers.base import build_handler
+from rayformers.serving.schemas import TextPair
 
 TEXTS = ["the movie was great", "a bad dog sat on the mat in paris", "it rains"]
 
@@ -75,7 +75,7 @@ def test_sentence_pairs_mixed_with_single_texts(handler):
 
 
 def test_malformed_pair_names_the_input(handler):
-    from serving.errors import InputError
+    from rayformers.serving.errors import InputError
 
     with pytest.raises(InputError, match=r"inputs\[0\].*text_pair") as caught:
         handler.predict([{"text": "a", "pair": "b"}])

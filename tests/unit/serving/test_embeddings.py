@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.handlers.base import build_handler
-from serving.handlers.embeddings import mean_pool
-from training.evaluation import mean_pool as training_mean_pool
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.handlers.base import build_handler
+from rayformers.serving.handlers.embeddings import mean_pool
+from rayformers.training.evaluation import mean_pool as training_mean_pool
 
 TEXTS = ["a cat sat on the mat", "hello world", "the movie was great and the dog sat in paris"]
 

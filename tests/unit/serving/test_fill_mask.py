@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.errors import InputError
-from serving.handlers.base import build_handler
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.errors import InputError
+from rayformers.serving.handlers.base import build_handler
 
 TEXT = "The cat [MASK] on the mat."
 

@@ -8,11 +8,11 @@ import pydantic
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.errors import InputError
-from serving.handlers.base import build_handler
-from serving.handlers.generation import TextGenerationHandler
-from serving.schemas import GenerationParameters
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.errors import InputError
+from rayformers.serving.handlers.base import build_handler
+from rayformers.serving.handlers.generation import TextGenerationHandler
+from rayformers.serving.schemas import GenerationParameters
 
 PROMPT = "Once upon a time in Paris"
 
@@ -43,7 +43,7 @@ def test_greedy_generation_is_the_models_own(handler):
 
 
 def test_a_prompt_is_opened_not_closed_and_training_closes_each_text(handler):
-    from data.preprocess import tokenize_causal_lm
+    from rayformers.data.preprocess import tokenize_causal_lm
 
     (ids,) = handler.prompt_ids([PROMPT], 4)
     tok = handler.tokenizer

@@ -10,10 +10,10 @@ import pydantic
 import pytest
 import torch
 
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.errors import CheckpointError, InputError
+from rayformers.serving.handlers.base import Handler, build_handler
 from rayformers.tasks import TASK_NAMES, get_task
-from serving.checkpoint import load_checkpoint
-from serving.errors import CheckpointError, InputError
-from serving.handlers.base import Handler, build_handler
 
 # Per task: inputs of different lengths, in an order that length-sorting changes, and parameters.
 CASES: dict[str, tuple[list[Any], dict[str, Any]]] = {
@@ -204,7 +204,7 @@ def test_zero_shot_parity_with_training_pairs(handlers):
 
 
 def test_a_handler_refuses_another_tasks_checkpoint(handlers):
-    from serving.handlers.classification import TextClassificationHandler
+    from rayformers.serving.handlers.classification import TextClassificationHandler
 
     with pytest.raises(CheckpointError, match="token-classification"):
         TextClassificationHandler(handlers("token-classification").loaded)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
+from rayformers.serving.checkpoint import load_checkpoint
 from rayformers.tasks import get_task
-from serving.checkpoint import load_checkpoint
 
 TEXTS = ["a great film", "Alice Novak flew to Toronto ."]
 

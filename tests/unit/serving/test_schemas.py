@@ -12,8 +12,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from rayformers.serving.schemas import TASK_SCHEMAS, ParametersModel, TaskSchema, schema_for
 from rayformers.tasks import TASK_NAMES, get_task
-from serving.schemas import TASK_SCHEMAS, ParametersModel, TaskSchema, schema_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -46,7 +46,7 @@ def test_schema_is_frozen():
 
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_request_model_from_schema(task):
-    from serving.ingress import request_model
+    from rayformers.serving.ingress import request_model
 
     model = request_model(schema_for(task), "App")
     one = {"question": "Who?", "context": "Alice."} if task == "question-answering" else "hello"
@@ -60,10 +60,7 @@ def test_request_model_from_schema(task):
 
 
 def _modules_after(code: str) -> set[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = dict(os.environ)
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
         cwd=REPO,
@@ -77,14 +74,14 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_schemas_import_no_model_stack():
-    loaded = _modules_after("import serving.schemas")
-    heavy = {"torch", "transformers", "numpy", "data", "serving.handlers"}
+    loaded = _modules_after("import rayformers.serving.schemas")
+    heavy = {"torch", "transformers", "numpy", "rayformers.data", "rayformers.serving.handlers"}
     assert not loaded & heavy, sorted(loaded & heavy)
 
 
 def test_ingress_imports_neither_torch_nor_transformers():
-    loaded = _modules_after("import serving.schemas, serving.ingress")
-    assert "serving.ingress" in loaded
-    assert not loaded & {"torch", "transformers", "serving.handlers"}, sorted(
-        loaded & {"torch", "transformers", "serving.handlers"}
+    loaded = _modules_after("import rayformers.serving.schemas, rayformers.serving.ingress")
+    assert "rayformers.serving.ingress" in loaded
+    assert not loaded & {"torch", "transformers", "rayformers.serving.handlers"}, sorted(
+        loaded & {"torch", "transformers", "rayformers.serving.handlers"}
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.handlers.base import build_handler
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.handlers.base import build_handler
 
 DOCUMENT = "The council met on Monday and agreed a new budget for the town."
 

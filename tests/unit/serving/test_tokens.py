@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.checkpoint import load_checkpoint
-from serving.handlers.base import build_handler
-from serving.handlers.tokens import group_entities
+from rayformers.serving.checkpoint import load_checkpoint
+from rayformers.serving.handlers.base import build_handler
+from rayformers.serving.handlers.tokens import group_entities
 
 TEXT = "Alice  Smith works at Acme in Paris, unbelievably."
 

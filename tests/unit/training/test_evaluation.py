@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from rayformers.manifest import PreprocessSettings
-from training.evaluation import evaluate
+from rayformers.training.evaluation import evaluate
 
 CONTEXT = "Alice Smith founded Acme in Paris in 1990 ."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import (
+from rayformers.training.metrics import (
     bleu_metrics,
     classification_metrics,
     perplexity,
@@ -71,7 +71,7 @@ class ShareRight(evaluate.Metric):
 
 
 def test_a_local_evaluate_module_scores_predictions_offline_and_ranks_by_its_first_value(tmp_path):
-    from training.metrics import is_module_path, module_metrics
+    from rayformers.training.metrics import is_module_path, module_metrics
 
     path = tmp_path / "share_right.py"
     path.write_text(SHARE_RIGHT)

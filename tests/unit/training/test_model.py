@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from rayformers.config import ModelConfig
 from rayformers.manifest import LabelMap
 from rayformers.tasks import get_task
-from training.model import ModelError, build_model, parameter_counts
+from rayformers.training.model import ModelError, build_model, parameter_counts
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -10,8 +10,8 @@ import ray
 import ray.autoscaler.sdk
 
 from rayformers.loading import load_config
-from training import trainer
-from training.trainer import ResourceError, check_resources, check_storage, run_training
+from rayformers.training import trainer
+from rayformers.training.trainer import ResourceError, check_resources, check_storage, run_training
 
 REPO = Path(__file__).resolve().parents[3]
 
