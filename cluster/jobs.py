@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rayformers.config import ClusterConfig
+from rayformers.errors import UserError
 
 __all__ = ["SubmitError", "submit_training"]
 
@@ -23,7 +24,7 @@ __all__ = ["SubmitError", "submit_training"]
 EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"]
 
 
-class SubmitError(Exception):
+class SubmitError(UserError):
     """The job could not be submitted, or did not succeed; the message says which and why."""
 
 

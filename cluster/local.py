@@ -23,12 +23,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayformers.errors import UserError
+
 __all__ = ["AUTH_ENV", "ClusterStartError", "LocalCluster", "start_local", "stop_local"]
 
 AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 
 
-class ClusterStartError(Exception):
+class ClusterStartError(UserError):
     """A node would not start; the message carries Ray's own words."""
 
 

@@ -15,7 +15,7 @@ import torch
 
 from rayformers.data.preprocess import IGNORE_INDEX
 
-__all__ = ["PASSTHROUGH", "MaskingCollator", "PaddingCollator", "build_collator"]
+__all__ = ["MaskingCollator", "PaddingCollator"]
 
 # Columns padded with the tokenizer's pad id, with 0, or with the ignored label.
 _PAD_WITH_TOKEN = {"input_ids", "pair_input_ids"}
@@ -26,10 +26,8 @@ _PAD_WITH_ZERO = {
     "pair_token_type_ids",
     "special_tokens_mask",
 }
+# One number per row that a loss reads (extractive QA's answer positions); `labels` may be one too.
 _SCALARS = {"start_positions", "end_positions"}
-# Evaluation-only columns a metric reads as they are (QA: which example a window belongs to, its
-# context, character offsets and gold answers): passed through as Python lists, never tensors.
-PASSTHROUGH = {"example_id", "context", "answer_texts", "offset_mapping"}
 
 
 def _pad(rows: Sequence[Any], value: int, multiple: int | None) -> torch.Tensor:
@@ -53,8 +51,11 @@ class PaddingCollator:
     """Pads every sequence column to the longest row of the batch (optionally a multiple of N).
 
     Labels that are sequences (token classification, seq2seq) pad with -100 so the loss skips them;
-    for causal LM (`causal_lm=True`) labels are the input ids with padding set to -100. With
-    `passthrough=True` (evaluation), the `PASSTHROUGH` columns come out as Python lists.
+    one label per row becomes an int64 tensor, or float32 when the labels are numbers with a fraction
+    (relevance scores, regression targets). For causal LM (`causal_lm=True`) labels are the input ids
+    with padding set to -100. The `passthrough` columns (what an evaluator reads that token ids lose,
+    e.g. QA's example ids and contexts) come out as Python lists, never tensors; any other column is
+    left out.
     """
 
     def __init__(
@@ -62,7 +63,7 @@ class PaddingCollator:
         pad_token_id: int,
         pad_to_multiple_of: int | None = None,
         causal_lm: bool = False,
-        passthrough: bool = False,
+        passthrough: frozenset[str] = frozenset(),
     ) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -81,10 +82,12 @@ class PaddingCollator:
                 if isinstance(first, (Sequence, np.ndarray)) and not isinstance(first, str):
                     out[key] = _pad(column, IGNORE_INDEX, self.pad_to_multiple_of)
                 else:
-                    out[key] = torch.as_tensor(np.asarray(column, dtype=np.int64))
+                    values = np.asarray(column)
+                    dtype = np.float32 if values.dtype.kind == "f" else np.int64
+                    out[key] = torch.as_tensor(values.astype(dtype))
             elif key in _SCALARS:
                 out[key] = torch.as_tensor(np.asarray(column, dtype=np.int64))
-            elif self.passthrough and key in PASSTHROUGH:
+            elif key in self.passthrough:
                 out[key] = [_plain(v) for v in column]
         if self.causal_lm and "input_ids" in out:
             labels = out["input_ids"].clone()
@@ -131,36 +134,3 @@ class MaskingCollator(PaddingCollator):
         out["input_ids"] = masked
         out["labels"] = labels
         return out
-
-
-def build_collator(
-    task: str,
-    tokenizer: Any,
-    *,
-    pad_to_multiple_of: int | None = None,
-    mlm_probability: float = 0.15,
-    seed: int | None = None,
-    passthrough: bool = False,
-) -> PaddingCollator:
-    """The task's collator (named in the registry), built from a loaded tokenizer; `passthrough` keeps
-    evaluation's non-tensor columns."""
-    from rayformers.tasks import get_task
-
-    cls = get_task(task).load_collator()
-    if cls is MaskingCollator:
-        if tokenizer.mask_token_id is None:
-            raise ValueError("fill-mask needs a tokenizer with a mask token (e.g. [MASK] or <mask>)")
-        return MaskingCollator(
-            tokenizer.pad_token_id,
-            tokenizer.mask_token_id,
-            len(tokenizer),
-            mlm_probability,
-            pad_to_multiple_of,
-            seed,
-        )
-    return cls(
-        tokenizer.pad_token_id,
-        pad_to_multiple_of,
-        causal_lm=task == "text-generation",
-        passthrough=passthrough,
-    )

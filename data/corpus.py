@@ -12,14 +12,12 @@ from rayformers.tasks import get_task
 
 __all__ = ["stream_texts"]
 
-_TEXT_COLUMNS = ("text", "text_pair", "question", "context", "target", "tokens")
-
 
 def stream_texts(data: DataConfig, task_name: str, column: str | None = None) -> Iterator[str]:
-    """Every text of the training split's `column` (default: each text column the task has), streamed
-    batch by batch; pre-split `tokens` are joined with spaces."""
+    """Every text of the training split's `column` (default: the task's text columns), streamed batch by
+    batch; pre-split words are joined with spaces."""
     task = get_task(task_name)
-    columns = [column] if column else [c for c in task.all_columns if c in _TEXT_COLUMNS]
+    columns = [column] if column else list(task.text_columns)
     unknown = [c for c in columns if c not in task.all_columns]
     if unknown:
         raise DataError(

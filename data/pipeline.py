@@ -9,8 +9,8 @@ the CPUs the cluster really has, keeping one for read tasks so the pipeline cann
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import ray
@@ -20,12 +20,17 @@ from rayformers.config import DataConfig, SourceConfig
 from rayformers.data.preprocess import Mode
 from rayformers.data.records import ORIGIN, RecordSpec, prepare_records
 from rayformers.data.rows import DataError, SharedLedger, check_rows, report_bad_rows, row_error
+from rayformers.data.shards import read_tokenized
 from rayformers.data.sources import READ_CPUS, read_source
+from rayformers.data.tokenized import TokenizedData
 from rayformers.data.tokenizer import load_tokenizer, tokenizer_class_path
 from rayformers.manifest import LabelMap, PreprocessSettings, label_key
-from rayformers.tasks import TaskSpec, get_task
+from rayformers.tasks import get_task
 
-__all__ = ["TokenizeBatch", "TokenizedData", "build_tokenized", "to_arrow", "tokenizer_pool"]
+if TYPE_CHECKING:
+    from rayformers.tasks.base import Task
+
+__all__ = ["TokenizeBatch", "build_tokenized", "to_arrow", "tokenizer_pool"]
 
 _INT_LISTS = {
     "input_ids",
@@ -98,7 +103,6 @@ class TokenizeBatch:
             trust_remote_code=trust_remote_code,
             class_path=tokenizer_class,
         )
-        self.preprocess = self.task.load_preprocess()
         self.on_bad_rows = on_bad_rows
         self.ledger = ledger
 
@@ -117,28 +121,13 @@ class TokenizeBatch:
             batch = {k: [v for i, v in enumerate(col) if i not in dropped] for k, col in batch.items()}
         if not batch or not next(iter(batch.values()), None):
             return pa.table({})
-        return to_arrow(self.preprocess(batch, self.tokenizer, self.settings, self.mode))
-
-
-@dataclass
-class TokenizedData:
-    """The tokenized splits (lazy Ray Datasets) and everything needed to reproduce them."""
-
-    train: ray.data.Dataset
-    validation: ray.data.Dataset | None
-    settings: PreprocessSettings
-    tokenizer_source: str
-    ledgers: dict[str, Any] = field(default_factory=dict)
-
-    def bad_rows(self) -> dict[str, dict[str, Any]]:
-        """Skipped rows per split: {'train': {'counts': {...}, 'examples': {...}}, ...}."""
-        return {split: ledger.summary() for split, ledger in self.ledgers.items()}
+        return to_arrow(self.task.preprocess(batch, self.tokenizer, self.settings, self.mode))
 
 
 def _records(
     source: SourceConfig,
     field_name: str,
-    task: TaskSpec,
+    task: Task,
     data: DataConfig,
     *,
     holdout_keep: str | None,
@@ -191,17 +180,17 @@ def _name_integer_labels(table: pa.Table, column: str, names: list[str]) -> pa.T
     return table.set_column(table.column_names.index(column), column, pa.array(values))
 
 
-def _derive_labels(dataset: ray.data.Dataset, task: TaskSpec) -> LabelMap:
+def _column_values(dataset: ray.data.Dataset, column: str) -> Iterator[Any]:
+    """Every value of one column of a split, in one streaming pass."""
+    for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow", batch_size=4096):
+        yield from table.column(column).to_pylist()
+
+
+def _derive_labels(dataset: ray.data.Dataset, task: Task) -> LabelMap:
     """The label map of the training split, from one streaming pass over its label column."""
     column = task.label_column
     assert column is not None
-    seen: set[str] = set()
-    for table in dataset.select_columns([column]).iter_batches(batch_format="pyarrow", batch_size=4096):
-        for value in table.column(column).to_pylist():
-            if task.label_kind == "token" and isinstance(value, list):
-                seen.update(label_key(v) for v in value if v is not None)
-            elif value is not None and not isinstance(value, list):
-                seen.add(label_key(value))
+    seen = {label_key(v) for value in _column_values(dataset, column) for v in task.label_values(value)}
     if not seen:
         raise DataError(
             "data.train: no labelled rows were found, so there is no label map; check the label column "
@@ -222,8 +211,6 @@ def build_tokenized(
 ) -> TokenizedData:
     """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded."""
     if data.tokenized is not None:
-        from rayformers.data.shards import read_tokenized
-
         return read_tokenized(data, task_name, tokenizer_source)
     task = get_task(task_name)
     # Surface a row's DataError itself (with its fix), not Ray's generic "UDF failed" wrapper.
@@ -252,30 +239,29 @@ def build_tokenized(
             ledger=ledgers["validation"],
             label_names=hub_names,
         )
+
+    def training_rows() -> ray.data.Dataset:
+        """The training split's records once more, for a pass over one of its columns."""
+        return _records(
+            data.train,
+            "data.train",
+            task,
+            data,
+            holdout_keep="train" if held_out else None,
+            ledger=None,
+        )[0]
+
     if labels is None and task.label_column is not None:
         if data.labels is not None:
             labels = LabelMap(names=list(data.labels))
         elif hub_names is not None:
             labels = LabelMap(names=hub_names)
         else:
-            labels = _derive_labels(
-                _records(
-                    data.train,
-                    "data.train",
-                    task,
-                    data,
-                    holdout_keep="train" if held_out else None,
-                    ledger=None,
-                )[0],
-                task,
-            )
-        required = task.extra.get("required_label")
-        if required and required not in labels.names:
-            raise DataError(
-                f"task {task.name} needs a {required!r} label, but the labels are {labels.names}; "
-                "train it on NLI data (entailment, neutral, contradiction) or map your labels"
-            )
-    settings = PreprocessSettings.from_config(data, task_name, labels)
+            labels = _derive_labels(training_rows(), task)
+    settings = task.finish_settings(
+        PreprocessSettings.from_config(data, task_name, labels),
+        lambda column: _column_values(training_rows(), column),
+    )
     # Loading once on the driver fails fast on a bad tokenizer, before any actor starts.
     tokenizer_class = tokenizer_class_path(
         load_tokenizer(tokenizer_source, task_name, revision=revision, trust_remote_code=trust_remote_code)

@@ -11,17 +11,29 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rayformers.manifest import PreprocessSettings, label_key
-from rayformers.tasks import TaskSpec
+from rayformers.errors import UserError
+from rayformers.manifest import PreprocessSettings
 
-__all__ = ["BadRows", "DataError", "RowProblem", "SharedLedger", "check_rows", "report_bad_rows", "row_error"]
+if TYPE_CHECKING:
+    from rayformers.tasks.base import Task
+
+__all__ = [
+    "BadRows",
+    "DataError",
+    "RowProblem",
+    "SharedLedger",
+    "check_rows",
+    "report_bad_rows",
+    "row_error",
+    "text_problem",
+]
 
 _FIX_SKIP = "fix the row, or set data.on_bad_rows: skip to drop such rows (they are counted and reported)"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data problem the user can fix; its message says what and how."""
 
 
@@ -34,7 +46,8 @@ class RowProblem:
     detail: str
 
 
-def _text_problem(value: Any, column: str) -> str | None:
+def text_problem(value: Any, column: str) -> str | None:
+    """Why `value` is not a usable text for `column`, or None."""
     if value is None:
         return f"missing {column}"
     if not isinstance(value, str):
@@ -44,64 +57,11 @@ def _text_problem(value: Any, column: str) -> str | None:
     return None
 
 
-def _row_problem(
-    row: Mapping[str, Any], columns: Sequence[str], label2id: Mapping[str, int]
-) -> tuple[str, str] | None:
-    for column in columns:
-        value = row.get(column)
-        if column in ("label",):
-            if value is None:
-                return "missing label", "the row has no label"
-            if label_key(value) not in label2id:
-                known = ", ".join(list(label2id)[:20])
-                return "unknown label", f"label {value!r} is not one of the training labels ({known})"
-        elif column == "tags":
-            tokens, tags = row.get("tokens"), value
-            if not isinstance(tags, Sequence) or isinstance(tags, str) or not isinstance(tokens, Sequence):
-                return "malformed tags", "tokens and tags must both be lists"
-            if len(tags) != len(tokens):
-                return "tags do not match tokens", f"{len(tokens)} tokens but {len(tags)} tags"
-            unknown = [t for t in tags if label_key(t) not in label2id]
-            if unknown:
-                return "unknown label", f"tag {unknown[0]!r} is not one of the training labels"
-        elif column == "tokens":
-            if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-                return "malformed tokens", "tokens must be a non-empty list of words"
-            if not all(isinstance(t, str) and t.strip() for t in value):
-                return "malformed tokens", "every token must be a non-empty string"
-        elif column == "answers":
-            problem = _answers_problem(value, row.get("context"))
-            if problem:
-                return "bad answer", problem
-        else:
-            problem = _text_problem(value, column)
-            if problem:
-                return problem, f"column {column!r} is {value!r}"
-    return None
-
-
-def _answers_problem(answers: Any, context: Any) -> str | None:
-    if answers is None:
-        return "missing answers (SQuAD format: {text: [...], answer_start: [...]}; empty lists: no answer)"
-    if not isinstance(answers, Mapping):
-        return f"answers must be a mapping {{text: [...], answer_start: [...]}}, got {type(answers).__name__}"
-    texts, starts = answers.get("text"), answers.get("answer_start")
-    if isinstance(texts, str):
-        texts, starts = [texts], [starts]
-    if texts is None or starts is None or len(texts) != len(starts):
-        return "answers need lists `text` and `answer_start` of the same length"
-    if not isinstance(context, str):
-        return "missing context"
-    for text, start in zip(texts, starts, strict=True):
-        if not isinstance(start, int) or context[start : start + len(text)] != text:
-            return f"answer {text!r} is not at character {start} of the context"
-    return None
-
-
 def check_rows(
-    batch: Mapping[str, Sequence[Any]], task: TaskSpec, settings: PreprocessSettings, n: int
+    batch: Mapping[str, Sequence[Any]], task: Task, settings: PreprocessSettings, n: int
 ) -> list[RowProblem]:
-    """The problems of a batch of `n` rows (task-side columns); an empty list means all rows are fine."""
+    """The problems of a batch of `n` rows (task-side columns), as the task judges each row; an empty
+    list means all rows are fine."""
     missing = [c for c in task.columns if c not in batch]
     if missing:
         raise DataError(
@@ -109,13 +69,12 @@ def check_rows(
             f"{', '.join(sorted(k for k in batch if not k.startswith('_')))}. Map yours with "
             f"data.columns (e.g. data.columns.{missing[0]}: your_column)"
         )
-    label2id = settings.label2id
-    # Optional columns the data has (a sentence pair's second text) must be valid too; ids are free-form.
-    checked = [*task.columns, *(c for c in task.optional_columns if c in batch and c != "id")]
+    # Optional columns the data has (a sentence pair's second text) must be valid too.
+    checked = [*task.columns, *(c for c in task.optional_columns if c in batch)]
     problems = []
     for i in range(n):
         row = {c: batch[c][i] for c in task.all_columns if c in batch}
-        found = _row_problem(row, checked, label2id)
+        found = task.row_problem(row, checked, settings)
         if found:
             problems.append(RowProblem(i, found[0], found[1]))
     return problems

@@ -4,7 +4,6 @@ when their manifest matches the config (same task, tokenizer, lengths and labels
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -15,11 +14,9 @@ from rayformers.config import DataConfig
 from rayformers.data.rows import DataError
 from rayformers.data.stats import SplitSummary
 from rayformers.data.storage import Location
+from rayformers.data.tokenized import TokenizedData
 from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
-
-if TYPE_CHECKING:
-    from rayformers.data.pipeline import TokenizedData
 
 __all__ = ["MANIFEST", "check_empty", "read_manifest", "read_tokenized", "write_tokenized"]
 
@@ -104,8 +101,6 @@ def _summarize_shards(shards: Location, settings: PreprocessSettings) -> SplitSu
 
 def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> TokenizedData:
     """The shards in `data.tokenized`, after checking they were made the way this config asks."""
-    from rayformers.data.pipeline import TokenizedData
-
     assert data.tokenized is not None
     directory = Location.parse(data.tokenized)
     try:
@@ -116,7 +111,10 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
             "`rayformers data tokenize`"
         ) from None
     recorded = manifest.preprocessing
-    wanted = PreprocessSettings.from_config(data, task, recorded.labels)
+    # What the pipeline derived from the data (the label map, the task's own options) is the shards' own.
+    wanted = PreprocessSettings.from_config(data, task, recorded.labels).model_copy(
+        update={"task_options": recorded.task_options}
+    )
     if data.labels is not None and recorded.labels is not None and list(data.labels) != recorded.labels.names:
         wanted = wanted.model_copy(update={"labels": None})
     differences = [

@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rayformers.data.rows import DataError
+from rayformers.tasks import get_task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = ["load_tokenizer", "tokenizer_class_path", "tokenizer_fingerprint"]
-
-# Byte-level BPE tokenizers need a prefix space to encode words that arrive already split.
-_PREFIX_SPACE_TASKS = {"token-classification"}
 
 
 def tokenizer_class_path(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -32,7 +30,8 @@ def load_tokenizer(
     trust_remote_code: bool = False,
     class_path: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """A fast tokenizer from a hub id or directory, set up for `task` (padding token, prefix space).
+    """A fast tokenizer from a hub id or directory, set up for `task` (a padding token, and what the
+    task's `prepare_tokenizer` asks for, e.g. a prefix space for pre-split words).
 
     `class_path` (from `tokenizer_class_path` on the driver) skips AutoTokenizer's class resolution,
     which imports torch: it halves the start-up of every tokenizer actor.
@@ -46,9 +45,10 @@ def load_tokenizer(
 
         loader = AutoTokenizer
     try:
-        tokenizer = loader.from_pretrained(source, **kwargs)
-        if task in _PREFIX_SPACE_TASKS and getattr(tokenizer, "add_prefix_space", None) is False:
-            tokenizer = loader.from_pretrained(source, add_prefix_space=True, **kwargs)
+        tokenizer = get_task(task).prepare_tokenizer(
+            loader.from_pretrained(source, **kwargs),
+            lambda **options: loader.from_pretrained(source, **kwargs, **options),
+        )
     except (OSError, ValueError) as err:
         raise DataError(
             f"tokenizer {source!r} could not be loaded: {str(err).splitlines()[0]}. Give a hub id this machine "
@@ -64,30 +64,7 @@ def load_tokenizer(
         if tokenizer.eos_token is None:
             raise DataError(f"tokenizer {source!r} has neither a pad nor an eos token; add a pad token")
         tokenizer.pad_token = tokenizer.eos_token
-    if task == "text-generation":
-        _no_trailing_eos(tokenizer)
     return tokenizer
-
-
-def _no_trailing_eos(tokenizer: PreTrainedTokenizerBase) -> None:
-    """A causal LM's prompt must not end with an end-of-text token. A tokenizer whose template closes
-    every text (`<s> $A </s>`, as RoBERTa/BART's do) gets one that only opens it (`<s> $A`), so that
-    `transformers.pipeline("text-generation")` on a checkpoint continues a prompt rather than a
-    finished text, and sees the same ids serving does. Training still ends each text with EOS."""
-    from tokenizers import processors
-
-    ids = tokenizer("a")["input_ids"]
-    closers = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
-    if len(ids) < 2 or ids[-1] not in closers:
-        return
-    opener = ids[0] if ids[0] in {tokenizer.bos_token_id, tokenizer.cls_token_id} - {None} else None
-    if opener is None:
-        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
-        return
-    token = tokenizer.convert_ids_to_tokens(opener)
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{token} $A", pair=f"{token} $A $B", special_tokens=[(token, opener)]
-    )
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

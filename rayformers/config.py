@@ -290,6 +290,12 @@ class TrainConfig(_Section):
         description="Run name. Re-running with the same storage_path and name resumes the run.",
     )
 
+    @property
+    def metric_module(self) -> str | None:
+        """`metric` when it names a local `evaluate` module (a path) rather than a built-in metric."""
+        metric = self.metric
+        return metric if metric is not None and ("/" in metric or metric.endswith(".py")) else None
+
 
 class AutoscalingConfig(_Section):
     """Ray Serve autoscaling for one app's model deployment."""
@@ -416,6 +422,11 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Ray Train settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve settings.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where it runs.")
+
+    @property
+    def run_name(self) -> str:
+        """The run's directory name under `train.storage_path`: `train.name`, else `<task>-<method>`."""
+        return self.train.name or f"{self.model.task}-{self.model.method}"
 
 
 SECTIONS: dict[str, type[_Section]] = {

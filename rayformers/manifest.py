@@ -1,16 +1,16 @@
-"""What the stages hand each other on disk: preprocessing settings, label maps, and data manifests.
+"""What the stages hand each other on disk: preprocessing settings, label maps, and the manifests of
+tokenized shards and of checkpoints.
 
 These are recorded when data is tokenized and when a checkpoint is written, and read back as they
 were: serving tokenizes with the settings training used and maps ids to the labels training saw,
-never re-deriving either.
+never re-deriving either. Only the models live here; each manifest has one reader and writer, beside the
+files it describes (`rayformers.data.shards`, `rayformers.tasks.checkpoint`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from importlib import metadata
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +19,6 @@ from rayformers.config import DataConfig
 from rayformers.tasks import TaskName
 
 __all__ = [
-    "CHECKPOINT_MANIFEST",
     "CheckpointManifest",
     "DataManifest",
     "LabelMap",
@@ -98,11 +97,16 @@ class PreprocessSettings(_Record):
     label_all_tokens: bool = False
     source_prefix: str = ""
     labels: LabelMap | None = None
+    task_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="What the task itself derived from the training data and needs again at serve time "
+        "(set by its `finish_settings`; most tasks have none).",
+    )
 
     @classmethod
     def from_config(cls, data: DataConfig, task: str, labels: LabelMap | None) -> PreprocessSettings:
         return cls(
-            task=task,  # type: ignore[arg-type]
+            task=task,
             max_length=data.max_length,
             max_target_length=data.max_target_length,
             truncation=data.truncation,
@@ -141,14 +145,6 @@ class DataManifest(_Record):
     columns: list[str]
     versions: dict[str, str]
 
-    @classmethod
-    def read(cls, directory: str | Path) -> DataManifest:
-        path = Path(directory) / "manifest.json"
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
-
-
-CHECKPOINT_MANIFEST = "rayformers.json"
-
 
 class CheckpointManifest(_Record):
     """`rayformers.json` in every checkpoint: how serving must use it, without guessing."""
@@ -173,12 +169,3 @@ class CheckpointManifest(_Record):
     epoch: int = 0
     data_fingerprint: str = Field(description="sha256 of the data and preprocessing config.")
     versions: dict[str, str] = Field(default_factory=dict)
-
-    def write(self, directory: str | Path) -> Path:
-        path = Path(directory) / CHECKPOINT_MANIFEST
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, directory: str | Path) -> CheckpointManifest:
-        return cls.model_validate_json((Path(directory) / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from rayformers.tasks import TASKS
+from rayformers.errors import UserError
+from rayformers.tasks import TASKS, get_task
 
 __all__ = ["ConfigError", "ConfigIssue", "cross_section_issues", "issues_from_pydantic", "nested_model"]
 
@@ -35,7 +36,7 @@ class ConfigIssue:
         return f"{self.path or '<config>'}: {self.message}{shown}\n    fix: {self.fix}"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A config that cannot be used; `issues` lists every problem found."""
 
     def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
@@ -47,6 +48,9 @@ class ConfigError(Exception):
         n = len(self.issues)
         head = f"{self.source}: {n} problem{'s' if n != 1 else ''} in the config"
         return "\n".join([head, *(f"  - {issue.render()}" for issue in self.issues)])
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, list[ConfigIssue]]]:
+        return (type(self), (self.source, self.issues))
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -169,7 +173,7 @@ def cross_section_issues(sections: dict[str, BaseModel], raw: dict[str, Any]) ->
     issues: list[ConfigIssue] = []
     data, train = sections.get("data"), sections.get("train")
     task_name = _raw_at(raw, "model", "task")
-    task = TASKS.get(task_name) if isinstance(task_name, str) else None
+    task = get_task(task_name) if isinstance(task_name, str) and task_name in TASKS else None
     columns = data.columns if data is not None else _raw_at(raw, "data", "columns")  # type: ignore[attr-defined]
     if task is not None and isinstance(columns, dict):
         for key in columns:
@@ -184,34 +188,10 @@ def cross_section_issues(sections: dict[str, BaseModel], raw: dict[str, Any]) ->
                     )
                 )
     if task is not None and data is not None:
-        required = task.extra.get("required_label")
-        labels = data.labels  # type: ignore[attr-defined]
-        if required and labels is not None and required not in labels:
-            issues.append(
-                ConfigIssue(
-                    "data.labels",
-                    f"task {task.name} needs a '{required}' label",
-                    f"add '{required}' to data.labels (the NLI classes, e.g. entailment, neutral, contradiction)",
-                    labels,
-                )
-            )
-    if task is not None and task.name == "question-answering" and data is not None:
-        stride, max_length = data.stride, data.max_length  # type: ignore[attr-defined]
-        if 2 * stride >= max_length:
-            # Each window holds the question and special tokens too: a stride this close to the window
-            # size leaves no room to advance, and the tokenizer aborts the whole pipeline.
-            issues.append(
-                ConfigIssue(
-                    "data.stride",
-                    f"stride {stride} leaves overflow windows of max_length {max_length} no room to advance",
-                    f"use a stride below {max_length // 2} (a quarter of max_length is usual), or raise data.max_length",
-                    stride,
-                )
-            )
+        issues.extend(task.config_issues(data))
     if task is not None and train is not None:
         metric = train.metric  # type: ignore[attr-defined]
-        is_module = metric is not None and ("/" in metric or metric.endswith(".py"))
-        if metric is not None and not is_module and metric not in task.metrics and metric != "loss":
+        if metric is not None and train.metric_module is None and metric not in (*task.metrics, "loss"):  # type: ignore[attr-defined]
             issues.append(
                 ConfigIssue(
                     "train.metric",

@@ -1,15 +1,15 @@
-"""The serving stage: load a checkpoint directory and answer requests for its task.
+"""The serving stage: load a checkpoint directory and answer requests for its task over HTTP.
 
 Plain Python below the Ray Serve deployments: `load_checkpoint` reads a checkpoint (and its
-`rayformers.json`), `build_handler` picks the task's handler from the registry, and the handler's
+`rayformers.json`), `build_handler` builds the task's handler, and the handler's
 `predict(inputs, parameters)` returns one JSON-able output per input:
 
     loaded = load_checkpoint("runs/sentiment/best")
     handler = build_handler(loaded)
     handler.predict(["what a great movie"], {"top_k": 2})
 
-Names are resolved on first use, so importing `serving.errors` (e.g. in the HTTP layer) does not
-import torch or transformers.
+Names are resolved on first use, so importing `rayformers.serving.errors` (e.g. in the HTTP layer) does
+not import torch or transformers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 __all__ = [
     "CheckpointError",
-    "Handler",
     "InputError",
     "LoadedModel",
     "ServingError",
@@ -35,16 +34,15 @@ _WHERE = {
     "ServingError": "rayformers.serving.errors",
     "UnknownAdapterError": "rayformers.serving.errors",
     "LoadedModel": "rayformers.serving.checkpoint",
+    "build_handler": "rayformers.serving.checkpoint",
     "load_checkpoint": "rayformers.serving.checkpoint",
     "resolve_dtype": "rayformers.serving.checkpoint",
-    "Handler": "rayformers.serving.handlers.base",
-    "build_handler": "rayformers.serving.handlers.base",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+        raise AttributeError(f"module 'rayformers.serving' has no attribute {name!r}")
     return getattr(importlib.import_module(_WHERE[name]), name)
 
 

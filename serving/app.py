@@ -8,17 +8,16 @@ typed arguments, so a config file naming `rayformers.serving.app:build_app` with
 
 # No `from __future__ import annotations`: Ray Serve reads the builders' argument annotation to
 # validate `args` into AppArgs / GatewayArgs, and a string annotation would hand them a plain dict.
-import json
 from typing import Any
 
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
-from rayformers.manifest import CHECKPOINT_MANIFEST
 from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs
 from rayformers.serving.errors import CheckpointError
-from rayformers.serving.schemas import schema_for
+from rayformers.tasks import get_task
+from rayformers.tasks.checkpoint import MANIFEST, read_manifest
 
 __all__ = ["GATEWAY", "app_args", "build_app", "build_gateway", "checked", "deploy_config", "task_of"]
 
@@ -28,18 +27,16 @@ _RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
 
 def task_of(args: AppArgs) -> str:
     """The app's task: as configured, else as the checkpoint's manifest says (local or cloud)."""
-    from rayformers.data.storage import Location
-
-    manifest = Location.parse(args.checkpoint) / CHECKPOINT_MANIFEST
     try:
-        recorded = json.loads(manifest.read_text()).get("task")
+        recorded: str | None = read_manifest(args.checkpoint).task
     except FileNotFoundError:
         recorded = None
     except (OSError, ValueError) as err:  # unreachable storage, or no filesystem for its scheme
         if args.task:
             return args.task
         raise CheckpointError(
-            f"serve.apps[{args.name}].checkpoint: cannot read {manifest} ({err}); set the app's `task`"
+            f"serve.apps[{args.name}].checkpoint: cannot read {args.checkpoint}/{MANIFEST} ({err}); set the "
+            "app's `task`"
         ) from err
     if recorded and args.task and recorded != args.task:
         raise CheckpointError(
@@ -49,7 +46,7 @@ def task_of(args: AppArgs) -> str:
     task = recorded or args.task
     if task is None:
         raise CheckpointError(
-            f"serve.apps[{args.name}].checkpoint: {args.checkpoint} has no {CHECKPOINT_MANIFEST} (not a "
+            f"serve.apps[{args.name}].checkpoint: {args.checkpoint} has no {MANIFEST} (not a "
             "rayformers checkpoint, or not trained yet); train it first, or set the app's `task` to serve a "
             "plain Hugging Face directory"
         )
@@ -61,9 +58,8 @@ def build_app(args: AppArgs) -> Application:
     from rayformers.serving.ingress import ingress_deployment
     from rayformers.serving.replica import ModelReplica
 
-    task = task_of(args)
-    args = args.model_copy(update={"task": task})
-    schema = schema_for(task)
+    task = get_task(task_of(args))
+    args = args.model_copy(update={"task": task.name})
     auto = args.autoscaling
     autoscaling: dict[str, Any] = {
         "min_replicas": auto.min_replicas,
@@ -83,7 +79,7 @@ def build_app(args: AppArgs) -> Application:
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
     ).bind(args.model_dump(mode="json"))
-    return ingress_deployment(args, schema).bind(model)  # type: ignore[no-any-return]
+    return ingress_deployment(args, task).bind(model)  # type: ignore[no-any-return]
 
 
 def build_gateway(args: GatewayArgs) -> Application:
@@ -98,8 +94,7 @@ def app_args(cfg: RunConfig) -> list[AppArgs]:
     apps = list(cfg.serve.apps)
     if not apps:
         storage = cfg.train.storage_path.rstrip("/")
-        name = cfg.train.name or f"{cfg.model.task}-{cfg.model.method}"
-        apps = [ServeAppConfig(name=cfg.model.task, checkpoint=f"{storage}/{name}/best")]
+        apps = [ServeAppConfig(name=cfg.model.task, checkpoint=f"{storage}/{cfg.run_name}/best")]
     return checked(cfg.serve, apps)
 
 

@@ -16,22 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from rayformers.data.storage import Location, is_remote
-from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest, LabelMap, PreprocessSettings
+from rayformers.manifest import CheckpointManifest, LabelMap, PreprocessSettings
 from rayformers.serving.errors import CheckpointError, UnknownAdapterError
-from rayformers.tasks import TASK_NAMES, TaskSpec, get_task
+from rayformers.tasks import TASK_NAMES, get_task
+from rayformers.tasks.base import Task
+from rayformers.tasks.checkpoint import ADAPTER_CONFIG, DEFAULT_ADAPTER, MANIFEST, load_model, read_manifest
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_ADAPTER", "DTYPES", "LoadedModel", "load_checkpoint", "resolve_dtype"]
+    from rayformers.tasks.handler import Handler
 
-DEFAULT_ADAPTER = "default"
-"""peft's name for the adapter a LoRA checkpoint itself holds."""
+__all__ = ["DTYPES", "LoadedModel", "build_handler", "load_checkpoint", "resolve_dtype"]
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-_BASE_MODEL_DIR = "base_model"  # training.checkpoint.BASE_MODEL_DIR; serving must not import training
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -71,7 +70,7 @@ class LoadedModel:
     checkpoint's own adapter (`default`) and any extra adapters; `using(name)` activates one.
     """
 
-    task: TaskSpec
+    task: Task
     manifest: CheckpointManifest | None
     settings: PreprocessSettings
     tokenizer: Any
@@ -215,15 +214,10 @@ def load_checkpoint(
             "merge_lora folds one adapter into the base weights, so extra adapters cannot be served beside "
             "it; drop merge_lora or the adapters"
         )
-    names: list[str] = []
-    if is_lora:
-        assert manifest is not None
-        model = _load_lora(root, spec, manifest, torch_dtype)
-        names = [DEFAULT_ADAPTER]
-        if merge_lora:
-            model, names = model.merge_and_unload(), []
-    else:
-        model = _from_pretrained(spec, str(root), dtype=torch_dtype)
+    model = load_model(manifest, root, dtype=torch_dtype, task=spec)
+    names = [DEFAULT_ADAPTER] if is_lora else []
+    if is_lora and merge_lora:
+        model, names = model.merge_and_unload(), []
     model.to(device).eval()
     loaded = LoadedModel(
         task=spec,
@@ -243,17 +237,13 @@ def load_checkpoint(
 
 
 def _read_manifest(root: Path) -> CheckpointManifest | None:
-    if not (root / CHECKPOINT_MANIFEST).exists():
-        return None
     try:
-        return CheckpointManifest.read(root)
-    except (ValidationError, ValueError) as err:
-        raise CheckpointError(
-            f"{root / CHECKPOINT_MANIFEST} is not a valid checkpoint manifest: {str(err).splitlines()[0]}"
-        ) from None
+        return read_manifest(root)
+    except FileNotFoundError:
+        return None
 
 
-def _task(root: Path, manifest: CheckpointManifest | None, task: str | None) -> TaskSpec:
+def _task(root: Path, manifest: CheckpointManifest | None, task: str | None) -> Task:
     if task is not None and task not in TASK_NAMES:
         raise CheckpointError(f"task {task!r} is unknown; known tasks: {', '.join(TASK_NAMES)}")
     if manifest is not None:
@@ -263,14 +253,14 @@ def _task(root: Path, manifest: CheckpointManifest | None, task: str | None) -> 
                 f"{task!r}; serve it as {manifest.task!r} or pick a {task!r} checkpoint"
             )
         return get_task(manifest.task)
-    if (root / "adapter_config.json").exists():
+    if (root / ADAPTER_CONFIG).exists():
         raise CheckpointError(
-            f"{root} holds a LoRA adapter but no {CHECKPOINT_MANIFEST}, so its base and labels are unknown; "
+            f"{root} holds a LoRA adapter but no {MANIFEST}, so its base and labels are unknown; "
             "serve the rayformers checkpoint it came from, or a merged export (rayformers export --merge-lora)"
         )
     if task is None:
         raise CheckpointError(
-            f"{root} has no {CHECKPOINT_MANIFEST}, so its task is unknown; pass the task (one of: "
+            f"{root} has no {MANIFEST}, so its task is unknown; pass the task (one of: "
             f"{', '.join(TASK_NAMES)}) to serve a plain Hugging Face model directory"
         )
     return get_task(task)
@@ -287,7 +277,7 @@ def _check_device(device: str) -> None:
         raise CheckpointError(f"device {device!r}: CUDA is not available on this machine; use 'cpu'")
 
 
-def _tokenizer(root: Path, spec: TaskSpec) -> Any:
+def _tokenizer(root: Path, spec: Task) -> Any:
     from rayformers.data.rows import DataError
     from rayformers.data.tokenizer import load_tokenizer
 
@@ -298,7 +288,7 @@ def _tokenizer(root: Path, spec: TaskSpec) -> Any:
         raise CheckpointError(f"checkpoint {root}: {err}") from None
 
 
-def _derive_settings(root: Path, spec: TaskSpec, tokenizer: Any) -> PreprocessSettings:
+def _derive_settings(root: Path, spec: Task, tokenizer: Any) -> PreprocessSettings:
     """Settings for a directory that records none: the longest input both tokenizer and model accept."""
     from transformers import AutoConfig
 
@@ -315,45 +305,6 @@ def _derive_settings(root: Path, spec: TaskSpec, tokenizer: Any) -> PreprocessSe
     return PreprocessSettings(task=spec.name, max_length=max_length, labels=labels)  # type: ignore[arg-type]
 
 
-def _from_pretrained(spec: TaskSpec, source: str, **kwargs: Any) -> Any:
-    auto = spec.load_auto_model()
-    try:
-        return auto.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{source!r} could not be loaded as {spec.auto_model}: {str(err).splitlines()[0]}"
-        ) from None
-
-
-def _load_lora(root: Path, spec: TaskSpec, manifest: CheckpointManifest, dtype: torch.dtype) -> Any:
-    """The base model, then the checkpoint's adapter over it (the way `training.export` loads it)."""
-    from peft import PeftModel
-
-    base_dir = root / _BASE_MODEL_DIR
-    if manifest.base_model == _BASE_MODEL_DIR:
-        if not base_dir.is_dir():
-            raise CheckpointError(
-                f"LoRA checkpoint {root} names base_model '{_BASE_MODEL_DIR}' but has no {base_dir} directory"
-            )
-        source, revision = str(base_dir), None
-    else:
-        source, revision = manifest.base_model, manifest.base_revision
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if revision is not None:
-        kwargs["revision"] = revision
-    labels = manifest.preprocessing.labels
-    if spec.label_kind != "none" and labels is not None:
-        # A hub base has its own (or no) label map; the adapter's head was trained on the recorded one.
-        kwargs.update(num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id)
-    base = _from_pretrained(spec, source, **kwargs)
-    try:
-        return PeftModel.from_pretrained(base, root, adapter_name=DEFAULT_ADAPTER)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"LoRA adapter in {root} could not be loaded: {str(err).splitlines()[0]}"
-        ) from None
-
-
 def _check_adapter_name(name: str) -> None:
     if not _ADAPTER_NAME.match(name) or name == DEFAULT_ADAPTER:
         raise CheckpointError(
@@ -364,8 +315,8 @@ def _check_adapter_name(name: str) -> None:
 
 def _add_adapter(model: Any, name: str, directory: Path, manifest: CheckpointManifest) -> None:
     """Load one extra adapter beside the checkpoint's own, refusing one that cannot share its base."""
-    if not (directory / "adapter_config.json").exists():
-        raise CheckpointError(f"adapter {name!r}: {directory} holds no LoRA adapter (adapter_config.json)")
+    if not (directory / ADAPTER_CONFIG).exists():
+        raise CheckpointError(f"adapter {name!r}: {directory} holds no LoRA adapter ({ADAPTER_CONFIG})")
     other = _read_manifest(directory)
     if other is not None:
         problems = []
@@ -389,3 +340,8 @@ def _add_adapter(model: Any, name: str, directory: Path, manifest: CheckpointMan
         raise CheckpointError(
             f"adapter {name!r} at {directory} could not be loaded: {str(err).splitlines()[0]}"
         ) from None
+
+
+def build_handler(loaded: LoadedModel) -> Handler:
+    """The serving handler of the loaded checkpoint's task."""
+    return loaded.task.handler(loaded)

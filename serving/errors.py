@@ -1,54 +1,29 @@
 """Errors the serving stage raises, as plain exceptions.
 
-The HTTP layer maps them to status codes (each class carries the one it suggests in `status`), but
-nothing here imports a web framework: handlers and the checkpoint loader stay testable without one,
-and every message says what was wrong and how to fix it, because it reaches the client verbatim.
+The HTTP layer maps them to status codes, but nothing here imports a web framework: handlers and the
+checkpoint loader stay testable without one, and every message says what was wrong and how to fix it,
+because it reaches the client verbatim. A request's own bad input is the task layer's `InputError` and
+a checkpoint that cannot be served the checkpoint contract's `CheckpointError`; both are named here too,
+so the HTTP layer finds every error it maps in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+
+from rayformers.errors import UserError
+from rayformers.tasks.checkpoint import CheckpointError
+from rayformers.tasks.handler import InputError
 
 __all__ = ["CheckpointError", "InputError", "ServingError", "UnknownAdapterError"]
 
 
-class ServingError(Exception):
-    """Base class of every error the serving stage raises on purpose."""
-
-    status: ClassVar[int] = 500
-    """The HTTP status this error should become (a hint for the HTTP layer, not an HTTP dependency)."""
-
-
-class CheckpointError(ServingError):
-    """A checkpoint that cannot be served as asked: missing, malformed, or not the task requested."""
-
-    status: ClassVar[int] = 500
-
-
-class InputError(ServingError):
-    """A request whose inputs or parameters the model cannot process (HTTP 422).
-
-    `field` is the dotted path of the offending value (`inputs`, `inputs[2].context`,
-    `parameters.candidate_labels`) so a client can point at it; `message` names the bad value and the fix.
-    """
-
-    status: ClassVar[int] = 422
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
-        # Ray ships exceptions between processes by pickling: keep both arguments.
-        return (type(self), (self.field, self.message))
+class ServingError(UserError):
+    """Base class of the errors only the serving stage raises."""
 
 
 class UnknownAdapterError(ServingError):
     """A request for a LoRA adapter this replica has not loaded (HTTP 404); lists the known ones."""
-
-    status: ClassVar[int] = 404
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name

@@ -2,7 +2,9 @@
 404 for any path no app owns (Ray Serve's own answer there is plain text).
 
 OpenAI `model` names pick the app (`sentiment`) or one of its LoRA adapters (`sentiment/legal`); the
-gateway calls the app's model deployment directly, through the same batching as `/{app}/predict`.
+gateway calls the app's model deployment directly, through the same batching as `/{app}/predict`. A route
+that only some tasks can answer asks the app's task for the capability it needs (`generate` for
+completions and chat, `embed` for embeddings, `rerank` for `/v1/rerank`), never for a task by name.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations.
@@ -23,6 +25,7 @@ from rayformers.serving import openai as oai
 from rayformers.serving.args import GatewayApp, GatewayArgs
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model
 from rayformers.serving.responses import ApiError, install
+from rayformers.tasks import get_task
 
 __all__ = ["gateway_deployment"]
 
@@ -40,7 +43,10 @@ def gateway_deployment(args: GatewayArgs) -> Any:
     install(app, args.max_body_bytes)
     apps = {a.name: a for a in args.apps}
 
-    def resolve(model: str, tasks: tuple[str, ...], route: str) -> tuple[GatewayApp, str | None]:
+    def capable(app: GatewayApp, capability: str) -> bool:
+        return capability in get_task(app.task).capabilities
+
+    def resolve(model: str, capability: str, route: str) -> tuple[GatewayApp, str | None]:
         name, _, adapter = model.partition("/")
         found = apps.get(name)
         if found is None or (adapter and adapter not in found.adapters):
@@ -51,13 +57,13 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 field="model",
                 extra={"known": _model_ids(args.apps)},
             )
-        if found.task not in tasks:
-            fitting = [a.name for a in args.apps if a.task in tasks]
+        if not capable(found, capability):
+            fitting = [a.name for a in args.apps if capable(a, capability)]
             raise ApiError(
                 422,
                 "invalid_request",
-                f"model: {model!r} is a {found.task} app; {route} needs a {' or '.join(tasks)} app "
-                f"({', '.join(fitting) or 'none is served'})",
+                f"model: {model!r} is a {found.task} app, which cannot {capability}; {route} needs an app "
+                f"that can ({', '.join(fitting) or 'none is served'})",
                 field="model",
             )
         return found, adapter or None
@@ -98,7 +104,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
 
         @app.post("/v1/completions", summary="OpenAI: complete a prompt (text-generation apps).")
         async def completions(self, body: oai.CompletionRequest) -> Any:
-            target, adapter = resolve(body.model, ("text-generation",), "/v1/completions")
+            target, adapter = resolve(body.model, "generate", "/v1/completions")
             prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
             if not prompts:
                 raise ApiError(
@@ -120,7 +126,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
 
         @app.post("/v1/chat/completions", summary="OpenAI: answer a chat (text-generation apps).")
         async def chat(self, body: oai.ChatCompletionRequest) -> Any:
-            target, adapter = resolve(body.model, ("text-generation",), "/v1/chat/completions")
+            target, adapter = resolve(body.model, "generate", "/v1/chat/completions")
             handle = self._handle(target.name)
             prompt = await handle.chat_prompt.remote([m.model_dump() for m in body.messages])
             params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens)
@@ -131,7 +137,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
 
         @app.post("/v1/embeddings", summary="OpenAI: embed texts (feature-extraction apps).")
         async def embeddings(self, body: oai.EmbeddingRequest) -> dict[str, Any]:
-            target, adapter = resolve(body.model, ("feature-extraction",), "/v1/embeddings")
+            target, adapter = resolve(body.model, "embed", "/v1/embeddings")
             texts = [body.input] if isinstance(body.input, str) else body.input
             if not texts:
                 raise ApiError(
@@ -152,6 +158,20 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 "model": body.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
+
+        @app.post("/v1/rerank", summary="Rerank documents by relevance to a query (rerank apps).")
+        async def rerank(self, body: oai.RerankRequest) -> dict[str, Any]:
+            target, adapter = resolve(body.model, "rerank", "/v1/rerank")
+            texts = [d if isinstance(d, str) else d.text for d in body.documents]
+            if not texts:
+                raise ApiError(
+                    422, "invalid_request", "documents: an empty list; send at least one", field="documents"
+                )
+            reply = await call_model(
+                self._handle(target.name), [{"query": body.query, "texts": texts}], {}, adapter
+            )
+            tokens = int((reply.usage or [{}])[0].get("prompt_tokens", 0))
+            return oai.rerank_response(body, texts, reply.outputs[0], tokens)
 
         @app.api_route(
             "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False

@@ -2,8 +2,8 @@
 
 The ingress is a light deployment (no CPU reserved) that validates requests, enforces the limits and
 turns the model replica's answers and Ray Serve's backpressure into HTTP statuses with JSON bodies.
-The request schema is built from the task's `serving.schemas` entry (the very `Input` and `Parameters`
-its handler validates with, without importing the handler, torch or transformers), so the OpenAPI docs
+The request schema is built from the task's own `Input` and `Parameters` (the very models its handler
+validates with; importing a task module imports neither torch nor transformers), so the OpenAPI docs
 at `/{app}/docs` show exactly what the task takes.
 """
 
@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from rayformers.serving.args import AppArgs
 from rayformers.serving.replica import Reply
 from rayformers.serving.responses import ApiError, install
-from rayformers.serving.schemas import TaskSchema
+from rayformers.tasks.base import Task
 
 __all__ = ["ADAPTER_HEADER", "call_model", "ingress_deployment", "request_model"]
 
@@ -30,9 +30,9 @@ ADAPTER_HEADER = "serve_multiplexed_model_id"
 RETRY_AFTER_S = 1
 
 
-def request_model(schema: TaskSchema, name: str) -> type[BaseModel]:
-    """`{"inputs": one or a non-empty list, "parameters": {...}}`, typed by the task's schema."""
-    one = schema.input
+def request_model(task: Task, name: str) -> type[BaseModel]:
+    """`{"inputs": one or a non-empty list, "parameters": {...}}`, typed by the task's schemas."""
+    one = task.Input
     return create_model(
         f"{name}Request",
         __config__=ConfigDict(extra="forbid"),
@@ -41,8 +41,8 @@ def request_model(schema: TaskSchema, name: str) -> type[BaseModel]:
             Field(description="One input, or a list of inputs answered in order."),
         ),
         parameters=(
-            schema.parameters,
-            Field(default_factory=schema.parameters, description="Task parameters (all optional)."),
+            task.Parameters,
+            Field(default_factory=task.Parameters, description="Task parameters (all optional)."),
         ),
     )
 
@@ -79,16 +79,15 @@ async def call_model(
     return reply
 
 
-def ingress_deployment(args: AppArgs, schema: TaskSchema) -> Any:
-    """The app's FastAPI ingress deployment, for the task `schema` describes (`args.task`)."""
-    task = args.task
+def ingress_deployment(args: AppArgs, task: Task) -> Any:
+    """The app's FastAPI ingress deployment, for its `task`."""
     app = FastAPI(
         title=f"rayformers: {args.name}",
-        description=f"{task} served by rayformers from {args.checkpoint}",
+        description=f"{task.name} served by rayformers from {args.checkpoint}",
         version="1",
     )
     install(app, args.max_body_bytes)
-    body_model = request_model(schema, "".join(p.title() for p in args.name.split("-")))
+    body_model = request_model(task, "".join(p.title() for p in args.name.split("-")))
     max_inputs = args.max_inputs_per_request
 
     @serve.ingress(app)
@@ -96,7 +95,7 @@ def ingress_deployment(args: AppArgs, schema: TaskSchema) -> Any:
         def __init__(self, model: DeploymentHandle) -> None:
             self.model = model
 
-        @app.post("/predict", summary=f"Run {task} on one input or a list of inputs.")
+        @app.post("/predict", summary=f"Run {task.name} on one input or a list of inputs.")
         async def predict(self, body: body_model, request: Request) -> JSONResponse:  # type: ignore[valid-type]
             single = not isinstance(body.inputs, list)  # type: ignore[attr-defined]
             inputs = [body.inputs] if single else list(body.inputs)  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""OpenAI-compatible request and response schemas, and how chat messages become one prompt.
+"""OpenAI-compatible request and response schemas, how chat messages become one prompt, and the
+rerank API that Jina, Cohere-compatible clients and vLLM share.
 
 Only what the served tasks can honour is accepted: `n` must be 1, `logprobs` unset; fields that
 clients commonly send and that do not change the answer (`user`, zero penalties) are taken and ignored.
@@ -18,9 +19,12 @@ __all__ = [
     "ChatMessage",
     "CompletionRequest",
     "EmbeddingRequest",
+    "RerankDocument",
+    "RerankRequest",
     "chat_prompt",
     "completion_response",
     "generation_parameters",
+    "rerank_response",
     "stream_chunk",
 ]
 
@@ -68,6 +72,21 @@ class EmbeddingRequest(_OpenAIRequest):
     input: str | list[str] = Field(description="A text, or a non-empty list of texts.")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: None = None
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="The document's text.")
+
+
+class RerankRequest(_OpenAIRequest):
+    query: str = Field(min_length=1, description="What the documents are ranked for.")
+    documents: list[str | RerankDocument] = Field(
+        description="Texts to rank (strings, or objects with a `text`); results name them by index."
+    )
+    top_n: int | None = Field(default=None, ge=1, description="Return only the n best (all when unset).")
+    return_documents: bool = Field(default=True, description="Include each document's text in its result.")
 
 
 DEFAULT_MAX_TOKENS = 16
@@ -155,3 +174,23 @@ def stream_chunk(
         choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
         obj = "chat.completion.chunk"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+
+def rerank_response(
+    request: RerankRequest, texts: list[str], ranked: list[dict[str, Any]], prompt_tokens: int
+) -> dict[str, Any]:
+    """A rerank answer: `results` best first (`index` into the request's documents, `relevance_score`,
+    the `document` unless `return_documents` is false), cut to `top_n`."""
+    results = []
+    for item in ranked[: request.top_n] if request.top_n else ranked:
+        result: dict[str, Any] = {"index": item["index"], "relevance_score": item["score"]}
+        if request.return_documents:
+            result["document"] = {"text": texts[item["index"]]}
+        results.append(result)
+    rid, _ = _ids("rerank")
+    return {
+        "id": rid,
+        "model": request.model,
+        "results": results,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -84,8 +84,7 @@ class ModelReplica:
     def __init__(self, args: dict[str, Any]) -> None:
         import torch
 
-        from rayformers.serving.checkpoint import load_checkpoint
-        from rayformers.tasks import get_task
+        from rayformers.serving.checkpoint import build_handler, load_checkpoint
 
         self.args = AppArgs.model_validate(args)
         device = "cuda" if self.args.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -96,7 +95,7 @@ class ModelReplica:
             dtype=self.args.dtype,
             merge_lora=self.args.merge_lora,
         )
-        self.handler = get_task(self.loaded.task.name).load_handler()(self.loaded)
+        self.handler = build_handler(self.loaded)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.handler.warmup()
         self._failures = 0

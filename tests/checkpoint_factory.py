@@ -22,9 +22,9 @@ from rayformers.config import ModelConfig
 from rayformers.data.tokenizer import load_tokenizer
 from rayformers.manifest import CheckpointManifest, LabelMap, PreprocessSettings, package_versions
 from rayformers.tasks import TASK_NAMES, get_task
-from rayformers.training import model as model_building
+from rayformers.tasks.checkpoint import BASE_MODEL_DIR
 from rayformers.training.checkpoint import write_checkpoint
-from rayformers.training.model import build_model, default_target_modules
+from rayformers.training.model import build_model, default_target_modules, head_modules
 
 __all__ = ["ARCHITECTURES", "LABELS", "TINY_CONFIGS", "make_checkpoint"]
 
@@ -78,8 +78,6 @@ LABELS: dict[str, LabelMap] = {
 }
 
 _MAX_LENGTH = {"question-answering": 64, "text-generation": 64}
-# The heads LoRA keeps trainable and peft's task types: exactly what training uses.
-_HEADS, _PEFT_TASK_TYPES = model_building._HEADS, model_building._PEFT_TASK_TYPES
 
 
 def make_checkpoint(
@@ -129,19 +127,19 @@ def make_checkpoint(
     )
     directory = Path(directory)
     with torch.random.fork_rng(devices=[]):  # build_model seeds the global RNG; leave the caller's alone
-        model = build_model(cfg, spec, loaded_tokenizer, label_map, seed)
+        model = build_model(cfg, spec, loaded_tokenizer, settings, seed)
         with tempfile.TemporaryDirectory() as base_dir:
             if method == "lora":
                 model.save_pretrained(base_dir)  # the clean base, as training's _save_clean_base writes it
-                model = _random_adapter(model, task, seed if adapter_seed is None else adapter_seed)
+                model = _random_adapter(model, spec, seed if adapter_seed is None else adapter_seed)
             manifest = CheckpointManifest(
                 task=task,  # type: ignore[arg-type]
                 method=method,
-                base_model="base_model" if method == "lora" else architecture,
+                base_model=BASE_MODEL_DIR if method == "lora" else architecture,
                 architecture=model.config.model_type,
                 auto_model=spec.auto_model,
                 preprocessing=settings,
-                pooling="mean" if task == "feature-extraction" else None,
+                pooling=spec.pooling,
                 metrics=metrics if metrics is not None else {spec.default_metric: 0.0},
                 data_fingerprint=hashlib.sha256(f"{task}:{seed}".encode()).hexdigest(),
                 versions=package_versions(),
@@ -158,19 +156,17 @@ def make_checkpoint(
     return directory
 
 
-def _random_adapter(model: Any, task: str, seed: int) -> Any:
+def _random_adapter(model: Any, task: Any, seed: int) -> Any:
     """Wrap `model` with a LoRA adapter as training configures it, then randomise what it trains."""
     import peft
 
-    heads = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in _HEADS})
-    task_type = _PEFT_TASK_TYPES.get(task)
     config = peft.LoraConfig(
         r=4,
         lora_alpha=8,
         lora_dropout=0.0,
         target_modules=default_target_modules(model.config.model_type),
-        modules_to_save=heads or None,
-        task_type=getattr(peft.TaskType, task_type) if task_type else None,
+        modules_to_save=head_modules(model, task) or None,
+        task_type=getattr(peft.TaskType, task.peft_task_type) if task.peft_task_type else None,
     )
     wrapped = peft.get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)

@@ -1,5 +1,6 @@
-"""Checkpoint directories: what `save_pretrained` writes (safetensors), the tokenizer, the
-`rayformers.json` manifest, a model card, and the optimizer state a resumed run continues from."""
+"""Writing checkpoint directories (rank 0): what `save_pretrained` writes (safetensors), the tokenizer,
+the `rayformers.json` manifest, a model card, and the optimizer state a resumed run continues from. The
+layout and its names are the checkpoint contract's (`rayformers.tasks.checkpoint`); this writes it."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from typing import Any
 import torch
 
 from rayformers.manifest import CheckpointManifest
+from rayformers.tasks.checkpoint import BASE_MODEL_DIR, MODEL_CARD, TRAINING_STATE, write_manifest
 
-__all__ = ["BASE_MODEL_DIR", "TRAINING_STATE", "load_training_state", "write_checkpoint"]
-
-TRAINING_STATE = "training_state.pt"
-BASE_MODEL_DIR = "base_model"
+__all__ = ["load_training_state", "write_checkpoint"]
 
 
 def _card(manifest: CheckpointManifest, hyperparameters: dict[str, Any]) -> str:
@@ -72,8 +71,8 @@ def write_checkpoint(
     tokenizer.save_pretrained(directory)
     if base_model_dir is not None:
         shutil.copytree(base_model_dir, directory / BASE_MODEL_DIR, dirs_exist_ok=True)
-    manifest.write(directory)
-    (directory / "README.md").write_text(_card(manifest, hyperparameters), encoding="utf-8")
+    write_manifest(manifest, directory)
+    (directory / MODEL_CARD).write_text(_card(manifest, hyperparameters), encoding="utf-8")
     torch.save(training_state, directory / TRAINING_STATE)
     return directory
 

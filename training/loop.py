@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,17 +42,6 @@ def _precision(run: RunConfig) -> torch.dtype | None:
     return torch.float16
 
 
-def _loss(model: Any, batch: dict[str, torch.Tensor], task: str) -> torch.Tensor:
-    if task != "feature-extraction":
-        return model(**{k: v for k, v in batch.items() if not k.startswith("pair_")}).loss  # type: ignore[no-any-return]
-    from rayformers.training.evaluation import embed_pair
-
-    # In-batch contrastive loss (InfoNCE): each text's positive is its own pair; the others are negatives.
-    a, p = embed_pair(model, batch)
-    scores = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T / 0.05
-    return torch.nn.functional.cross_entropy(scores, torch.arange(len(a), device=a.device))
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, evaluate and checkpoint on one worker of a Ray Train run."""
     cfg = LoopConfig.model_validate(config)
@@ -59,13 +49,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from transformers import get_scheduler
 
-    from rayformers.data.collate import build_collator
     from rayformers.data.tokenizer import load_tokenizer
     from rayformers.manifest import package_versions
     from rayformers.tasks import get_task
+    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, load_model, read_manifest
+    from rayformers.tasks.evaluation import evaluate, gather
     from rayformers.training.checkpoint import load_training_state, write_checkpoint
-    from rayformers.training.evaluation import evaluate
-    from rayformers.training.metrics import is_module_path
     from rayformers.training.model import build_model, parameter_counts
     from rayformers.training.progress import Progress
 
@@ -76,12 +65,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(
         run.model.tokenizer_source, task.name, trust_remote_code=run.model.trust_remote_code
     )
+    # A LoRA run over a base built from scratch saves that base with every checkpoint (rank 0 writes).
     base_dir = None
     if run.model.method == "lora" and run.model.from_scratch is not None and rank == 0:
         base_dir = Path(tempfile.mkdtemp(prefix="rayformers-base-"))
-    model = build_model(run.model, task, tokenizer, settings.labels, train.seed)
-    if base_dir is not None:
-        _save_clean_base(model, base_dir)
+    checkpoint = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    if checkpoint is not None:
+        # Resumed: the model comes back from the checkpoint as every reader loads it (full weights, or
+        # base + adapter with the adapter and heads trainable), in fp32 for the optimizer's sake.
+        with checkpoint.as_directory() as directory:
+            state = load_training_state(Path(directory))
+            model = load_model(read_manifest(directory), directory, dtype=torch.float32, trainable=True)
+            if base_dir is not None:
+                shutil.copytree(Path(directory) / BASE_MODEL_DIR, base_dir, dirs_exist_ok=True)
+    else:
+        model = build_model(run.model, task, tokenizer, settings, train.seed)
+        if base_dir is not None:
+            _save_clean_base(model, base_dir)
     trainable, total = parameter_counts(model)
     if rank == 0:
         print(
@@ -89,10 +90,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"({100 * trainable / total:.2f}%)",
             flush=True,
         )
-    # Embedding training pools hidden states and never uses the encoder's pooler head: DDP must be told
-    # that some parameters get no gradient, or it fails at the first backward.
     model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": task.name == "feature-extraction"}
+        model, parallel_strategy_kwargs={"find_unused_parameters": task.ddp_find_unused_parameters}
     )
     device = ray.train.torch.get_device()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
@@ -114,11 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dtype = _precision(run)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     step, start_epoch, history, resumed_from = 0, 0, [], []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_training_state(Path(directory))
-            _load_weights(model.module if hasattr(model, "module") else model, Path(directory))
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -126,17 +121,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = [*state.get("resumed_from", []), step]
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
-    collator = build_collator(
-        task.name,
+    collator = task.collator(
         tokenizer,
         pad_to_multiple_of=run.data.pad_to_multiple_of,
         mlm_probability=run.data.mlm_probability,
         seed=train.seed + rank,
     )
-    eval_collator = build_collator(
-        task.name, tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, passthrough=True
+    eval_collator = task.collator(
+        tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, evaluation=True
     )
-    progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.train.name)
+    progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.run_name)
     eval_every = train.eval_every_steps or steps_per_epoch
     train_shard = ray.train.get_dataset_shard("train")
     model.train()
@@ -147,8 +141,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ]  # training loss summed over the optimizer steps since the last report, and their count
 
     def report(epoch: int) -> None:
-        from rayformers.training.evaluation import gather
-
         metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
         losses = [(s, n) for s, n in gather([tuple(interval)]) if n]
         if losses:
@@ -165,8 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     batch_size=train.batch_size, batch_format="numpy"
                 )
             )
-            module = train.metric if is_module_path(train.metric) else None
-            metrics.update(evaluate(model, batches, task.name, settings, tokenizer, device, module))
+            metrics.update(evaluate(model, batches, task, settings, tokenizer, device, train.metric_module))
         history.append(metrics)
         progress.metrics(step, metrics)
         state = {
@@ -186,13 +177,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 task=task.name,
                 method=run.model.method,
                 base_model=(
-                    "base_model" if base_dir else run.model.name or run.model.from_scratch.architecture
+                    BASE_MODEL_DIR if base_dir else run.model.name or run.model.from_scratch.architecture
                 ),  # type: ignore[union-attr]
                 base_revision=run.model.revision,
                 architecture=(model.module if hasattr(model, "module") else model).config.model_type,
                 auto_model=task.auto_model,
                 preprocessing=settings,
-                pooling="mean" if task.name == "feature-extraction" else None,
+                pooling=task.pooling,
                 metrics={k: v for k, v in metrics.items() if k not in ("step", "epoch")},
                 step=step,
                 epoch=epoch,
@@ -226,7 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 continue
             sync = micro % train.gradient_accumulation_steps == 0
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = _loss(model, batch, task.name) / train.gradient_accumulation_steps
+                loss = task.loss(model, batch, settings) / train.gradient_accumulation_steps
             scaler.scale(loss).backward()
             if not sync:
                 continue
@@ -272,15 +263,3 @@ def _save_clean_base(model: Any, directory: Path) -> None:
     fresh = type(base)(base.config)
     fresh.load_state_dict(clean, strict=False)
     fresh.save_pretrained(directory)
-
-
-def _load_weights(model: Any, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    adapter = directory / "adapter_model.safetensors"
-    if adapter.exists():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(adapter))
-    else:
-        model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)

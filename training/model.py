@@ -6,38 +6,29 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rayformers.config import LoraConfig, ModelConfig
-from rayformers.manifest import LabelMap
-from rayformers.tasks import TaskSpec
+from rayformers.errors import UserError
+from rayformers.manifest import PreprocessSettings
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ModelError", "apply_lora", "build_model", "default_target_modules", "parameter_counts"]
+    from rayformers.tasks.base import Task
+
+__all__ = [
+    "ModelError",
+    "apply_lora",
+    "build_model",
+    "default_target_modules",
+    "head_modules",
+    "parameter_counts",
+]
 
 # peft's table lacks a few common encoders.
 _EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"]}
-# Task heads are new weights: with LoRA they must still train, and be saved with the adapter.
-_HEADS = ("classifier", "pre_classifier", "score", "qa_outputs")
-_PEFT_TASK_TYPES = {
-    "text-classification": "SEQ_CLS",
-    "zero-shot-classification": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "question-answering": "QUESTION_ANS",
-    "text-generation": "CAUSAL_LM",
-    "summarization": "SEQ_2_SEQ_LM",
-    "translation": "SEQ_2_SEQ_LM",
-    "feature-extraction": "FEATURE_EXTRACTION",
-}
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A model that cannot be built as configured; the message says why and what to change."""
-
-
-def _label_kwargs(task: TaskSpec, labels: LabelMap | None) -> dict[str, Any]:
-    if task.label_kind == "none" or labels is None:
-        return {}
-    return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": labels.label2id}
 
 
 def _special_token_kwargs(tokenizer: Any, architecture: str) -> dict[str, Any]:
@@ -60,14 +51,15 @@ def _special_token_kwargs(tokenizer: Any, architecture: str) -> dict[str, Any]:
 
 
 def build_model(
-    cfg: ModelConfig, task: TaskSpec, tokenizer: Any, labels: LabelMap | None, seed: int
+    cfg: ModelConfig, task: Task, tokenizer: Any, settings: PreprocessSettings, seed: int
 ) -> torch.nn.Module:
-    """The task's model, fully trainable or wrapped with LoRA adapters as `cfg.method` says."""
+    """The task's model (built with the task's label arguments for `settings`), fully trainable or
+    wrapped with LoRA adapters as `cfg.method` says."""
     import torch
     from transformers import AutoConfig
 
-    auto = task.load_auto_model()
-    label_kwargs = _label_kwargs(task, labels)
+    auto = task.auto_model_class()
+    label_kwargs = task.model_kwargs(settings)
     torch.manual_seed(seed)  # every worker builds identical weights; DDP then keeps them in step
     if cfg.from_scratch is not None:
         architecture = cfg.from_scratch.architecture
@@ -121,7 +113,7 @@ def _linear_names(model: torch.nn.Module) -> list[str]:
     )
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: TaskSpec) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: Task) -> torch.nn.Module:
     """Wrap `model` with LoRA adapters; the task head stays trainable and is saved with the adapter."""
     import peft
 
@@ -139,19 +131,21 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: TaskSpec) -> torc
             f"model.lora.target_modules: {missing} not found in this {model_type!r} model; its linear layers "
             f"are: {', '.join(linear)}"
         )
-    heads = sorted(
-        {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in _HEADS}
-    )
-    task_type = _PEFT_TASK_TYPES.get(task.name)
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(targets),
-        modules_to_save=heads or None,
-        task_type=getattr(peft.TaskType, task_type) if task_type else None,
+        modules_to_save=head_modules(model, task) or None,
+        task_type=getattr(peft.TaskType, task.peft_task_type) if task.peft_task_type else None,
     )
     return peft.get_peft_model(model, config)
+
+
+def head_modules(model: torch.nn.Module, task: Task) -> list[str]:
+    """The task's head modules this model has: new weights, which LoRA must still train and save."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return sorted(names & set(task.head_modules))
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

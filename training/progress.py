@@ -15,9 +15,7 @@ class Progress:
     """One line per logging interval (step, epoch, loss, learning rate, samples/s, tokens/s, ETA) and
     the same scalars, plus evaluation metrics, as TensorBoard events under `<storage>/<name>/tensorboard`."""
 
-    def __init__(
-        self, enabled: bool, total_steps: int, every: int, storage_path: str, name: str | None
-    ) -> None:
+    def __init__(self, enabled: bool, total_steps: int, every: int, storage_path: str, name: str) -> None:
         self.enabled, self.total, self.every = enabled, total_steps, every
         self.started = time.monotonic()
         self.samples = self.tokens = 0
@@ -29,7 +27,7 @@ class Progress:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 return
-            target = Location.parse(storage_path) / (name or "run") / "tensorboard"
+            target = Location.parse(storage_path) / name / "tensorboard"
             if target.local:
                 self.writer = SummaryWriter(target.path)
             else:  # event files are appended to, which object stores cannot do: write here, copy there

@@ -22,6 +22,7 @@ from rayformers.data.pipeline import build_tokenized
 from rayformers.data.rows import DataError
 from rayformers.data.shards import MANIFEST, read_manifest, write_tokenized
 from rayformers.data.storage import Location, is_remote
+from rayformers.errors import UserError
 from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
 from rayformers.training.loop import LoopConfig, train_loop_per_worker
@@ -31,13 +32,12 @@ __all__ = [
     "TrainResult",
     "check_resources",
     "check_storage",
-    "run_name",
     "run_training",
     "wait_for_free_resources",
 ]
 
 
-class ResourceError(Exception):
+class ResourceError(UserError):
     """The cluster cannot hold the requested workers; the message says what it has."""
 
 
@@ -56,10 +56,6 @@ class TrainResult:
     best_checkpoint: str
     best_metrics: dict[str, Any]
     summary_path: str
-
-
-def run_name(cfg: RunConfig) -> str:
-    return cfg.train.name or f"{cfg.model.task}-{cfg.model.method}"
 
 
 def check_resources(cfg: RunConfig, cluster: dict[str, float]) -> None:
@@ -193,7 +189,7 @@ def check_storage(cfg: RunConfig, alive_nodes: int) -> None:
 
 def _run(cfg: RunConfig) -> TrainResult:
     check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
-    name = run_name(cfg)
+    name = cfg.run_name
     try:
         storage = Location.parse(cfg.train.storage_path)
     except ValueError as err:
@@ -212,8 +208,8 @@ def _run(cfg: RunConfig) -> TrainResult:
         if split in manifest.splits
     }
     task = get_task(cfg.model.task)
-    metric = cfg.train.metric or task.default_metric
-    mode = cfg.train.metric_mode or ("min" if metric in ("loss", "perplexity") else task.metric_mode)
+    metric = cfg.train.metric or task.default_metric_for(manifest.preprocessing)
+    mode = cfg.train.metric_mode or ("min" if task.metric_is_lower_better(metric) else "max")
     loop = LoopConfig(
         run=cfg, settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
         data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets,
@@ -279,7 +275,8 @@ def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
 
 def _history(checkpoint: Location) -> dict[str, Any]:
     """Metric history and the steps the run resumed from, as the latest checkpoint recorded them."""
-    from rayformers.training.checkpoint import TRAINING_STATE, load_training_state
+    from rayformers.tasks.checkpoint import TRAINING_STATE
+    from rayformers.training.checkpoint import load_training_state
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(checkpoint.path)

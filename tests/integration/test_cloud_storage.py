@@ -50,7 +50,7 @@ def test_training_into_s3_and_serving_from_it(s3_uri):
     from rayformers.serving.app import task_of
     from rayformers.serving.args import AppArgs
     from rayformers.serving.checkpoint import load_checkpoint
-    from rayformers.serving.handlers.classification import TextClassificationHandler
+    from rayformers.tasks.text_classification import TextClassificationHandler
 
     assert task_of(AppArgs(name="cloud", checkpoint=best)) == "text-classification"
     handler = TextClassificationHandler(load_checkpoint(best))

@@ -124,7 +124,7 @@ def test_hub_dataset_directory_with_class_labels(tmp_path, wordpiece_dir):
 
 
 def user_error(exc):
-    from rayformers.cli import _user_error
+    from rayformers.cli.main import _user_error
 
     found = _user_error(exc)
     assert found is not None, f"no DataError inside {exc!r}"
@@ -196,15 +196,15 @@ def test_empty_after_filtering_is_an_error(tmp_path, wordpiece_dir):
 
 
 def test_tokenize_writes_shards_that_later_runs_reuse(tmp_path, wordpiece_dir, wordlevel_dir):
-    from rayformers.data.shards import write_tokenized
-    from rayformers.manifest import DataManifest
+    from rayformers.data.shards import read_manifest, write_tokenized
+    from rayformers.data.storage import Location
 
     train = write_jsonl(
         tmp_path / "train.jsonl", [{"text": f"the cat sat {i}", "label": "ab"[i % 2]} for i in range(40)]
     )
     cfg = data_config(train, max_length=16)
     write_tokenized(build_tokenized(cfg, "text-classification", str(wordpiece_dir)), cfg, tmp_path / "out")
-    manifest = DataManifest.read(tmp_path / "out")
+    manifest = read_manifest(Location.parse(tmp_path / "out"))
     assert manifest.splits["train"].rows == 40 and manifest.preprocessing.labels.names == ["a", "b"]
     assert manifest.preprocessing.max_length == 16 and len(manifest.tokenizer_hash) == 64
     reuse = cfg.model_copy(update={"tokenized": str(tmp_path / "out")})

@@ -146,8 +146,7 @@ def post(base: str, path: str, body: object, **kwargs) -> requests.Response:
 
 
 def in_process(checkpoint: Path, inputs, parameters):
-    from rayformers.serving.checkpoint import load_checkpoint
-    from rayformers.serving.handlers.base import build_handler
+    from rayformers.serving.checkpoint import build_handler, load_checkpoint
 
     return build_handler(load_checkpoint(str(checkpoint))).predict(inputs, parameters)
 

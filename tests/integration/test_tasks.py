@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from rayformers.loading import load_config
-from rayformers.training import metrics as m
+from rayformers.tasks.question_answering import qa_metrics
+from rayformers.tasks.summarization import rouge_metrics
+from rayformers.tasks.token_classification import sequence_labeling_metrics
+from rayformers.tasks.translation import bleu_metrics
 from rayformers.training.trainer import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -50,7 +53,7 @@ def unigram_perplexity(tokenizer_dir: str, corpus: str) -> float:
 def test_token_classification_finds_entities_that_all_O_never_does(tmp_path):
     best, _ = train("token-classification", tmp_path)
     val = rows("ner")
-    majority = m.sequence_labeling_metrics(
+    majority = sequence_labeling_metrics(
         [["O"] * len(r["tokens"]) for r in val], [r["ner_tags"] for r in val]
     )
     assert majority["f1"] == 0.0
@@ -63,7 +66,7 @@ def test_question_answering_beats_leading_words_of_the_context(tmp_path):
     golds = [r["answers"]["text"] for r in val]
     # SQuAD-style answer-text EM/F1 per example; the baseline answers with the context's first k words.
     baseline = max(
-        m.qa_metrics([" ".join(r["context"].split()[:k]) for r in val], golds)["f1"] for k in range(1, 6)
+        qa_metrics([" ".join(r["context"].split()[:k]) for r in val], golds)["f1"] for k in range(1, 6)
     )
     assert best["f1"] > baseline + 10.0, (best, baseline)
     assert best["exact_match"] > 5.0, best
@@ -95,7 +98,7 @@ def test_feature_extraction_retrieves_each_pair_far_above_chance(tmp_path):
 def test_summarization_beats_copying_the_document(tmp_path):
     best, _ = train("summarization", tmp_path, "train.epochs=8", "train.eval_every_steps=60")
     val = rows("summarization")
-    copy = m.rouge_metrics([r["document"] for r in val], [r["summary"] for r in val])
+    copy = rouge_metrics([r["document"] for r in val], [r["summary"] for r in val])
     # The lead sentence is most of each summary, so copying scores well on recall; the model must also
     # learn what to leave out.
     assert best["rougeL"] > copy["rougeL"] + 0.2, (best, copy)
@@ -104,6 +107,6 @@ def test_summarization_beats_copying_the_document(tmp_path):
 def test_translation_beats_copying_the_source(tmp_path):
     best, _ = train("translation", tmp_path, "train.epochs=7", "train.eval_every_steps=80")
     val = rows("translation")
-    copy = m.bleu_metrics([r["source"] for r in val], [r["target"] for r in val])
+    copy = bleu_metrics([r["source"] for r in val], [r["target"] for r in val])
     assert copy["bleu"] < 1.0, copy
     assert best["bleu"] > copy["bleu"] + 10.0, (best, copy)

@@ -103,18 +103,18 @@ def test_too_many_workers_fail_at_once_saying_what_the_cluster_has():
 def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rayformers.manifest import CheckpointManifest
-    from rayformers.training.export import ExportError, export_checkpoint, load_lora_model
+    from rayformers.tasks.checkpoint import load_model, read_manifest
+    from rayformers.training.export import ExportError, export_checkpoint
 
     checkpoint = Path(runs["lora"].best_checkpoint)
     out = export_checkpoint(checkpoint, tmp_path / "merged", merge_lora=True)
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
-    assert CheckpointManifest.read(out).method == "full"
+    assert read_manifest(out).method == "full"
     tok = AutoTokenizer.from_pretrained(out)
     batch = tok([r["text"] for r in VALIDATION[:16]], padding=True, return_tensors="pt")
     with torch.no_grad():
         merged = AutoModelForSequenceClassification.from_pretrained(out).eval()(**batch).logits
-        adapted = load_lora_model(checkpoint, CheckpointManifest.read(checkpoint))(**batch).logits
+        adapted = load_model(read_manifest(checkpoint), checkpoint)(**batch).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
     plain = export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "plain")
     assert "training_state.pt" not in {p.name for p in plain.iterdir()}

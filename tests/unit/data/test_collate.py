@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rayformers.data.collate import MaskingCollator, PaddingCollator, build_collator
+from rayformers.data.collate import MaskingCollator, PaddingCollator
 from rayformers.data.preprocess import IGNORE_INDEX
 
 
@@ -75,14 +75,27 @@ def test_masking_masks_only_ordinary_tokens_and_labels_only_masked_positions():
     assert "special_tokens_mask" not in out
 
 
-def test_build_collator_follows_the_registry(wordpiece_dir):
+def test_each_task_builds_its_own_collator(wordpiece_dir):
     from transformers import AutoTokenizer
 
+    from rayformers.tasks import get_task
+
     tok = AutoTokenizer.from_pretrained(wordpiece_dir)
-    assert type(build_collator("fill-mask", tok)) is MaskingCollator
-    causal = build_collator("text-generation", tok)
+    assert type(get_task("fill-mask").collator(tok)) is MaskingCollator
+    causal = get_task("text-generation").collator(tok)
     assert type(causal) is PaddingCollator and causal.causal_lm
-    assert not build_collator("text-classification", tok).causal_lm
+    assert not get_task("text-classification").collator(tok).causal_lm
+    qa = get_task("question-answering")
+    assert qa.collator(tok).passthrough == frozenset()
+    assert qa.collator(tok, evaluation=True).passthrough == qa.evaluation_columns
+
+
+def test_one_label_per_row_keeps_its_kind():
+    batch = {"input_ids": [[1], [2]], "attention_mask": [[1], [1]]}
+    ids = PaddingCollator(0)({**batch, "labels": np.array([1, 0], dtype=np.int32)})["labels"]
+    scores = PaddingCollator(0)({**batch, "labels": [0.25, 1.0]})["labels"]
+    assert ids.dtype == torch.int64 and scores.dtype == torch.float32
+    assert scores.tolist() == [0.25, 1.0]
 
 
 def test_evaluation_columns_pass_through_as_python_values_only_when_asked():
@@ -99,7 +112,8 @@ def test_evaluation_columns_pass_through_as_python_values_only_when_asked():
         "offset_mapping": offsets,
     }
     assert set(PaddingCollator(pad_token_id=0)(batch)) == {"input_ids", "attention_mask"}
-    out = PaddingCollator(pad_token_id=0, passthrough=True)(batch)
+    columns = frozenset({"example_id", "answer_texts", "offset_mapping"})
+    out = PaddingCollator(pad_token_id=0, passthrough=columns)(batch)
     assert out["example_id"] == ["a", "b"]
     assert out["answer_texts"] == [["x", "y"], []]
     assert out["offset_mapping"] == [[[-1, -1], [0, 5]], [[-1, -1]]]

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayformers.manifest import CHECKPOINT_MANIFEST, CheckpointManifest
+from rayformers.errors import UserError
 from rayformers.serving.checkpoint import load_checkpoint, resolve_dtype
 from rayformers.serving.errors import CheckpointError, InputError, ServingError, UnknownAdapterError
+from rayformers.tasks.checkpoint import MANIFEST, read_manifest
 from tests.checkpoint_factory import make_checkpoint
 
 BATCH = {"text": ["the movie was great", "a bad dog sat on the mat"]}
@@ -32,7 +33,7 @@ def test_factory_writes_the_training_layout_quickly(tmp_path):
     assert time.monotonic() - started < 2.0  # typically ~0.1 s: integration tests make one per task
     common = {
         "README.md",
-        CHECKPOINT_MANIFEST,
+        MANIFEST,
         "tokenizer.json",
         "tokenizer_config.json",
         "training_state.pt",
@@ -44,7 +45,7 @@ def test_factory_writes_the_training_layout_quickly(tmp_path):
         "base_model",
     }
     assert {p.name for p in (lora / "base_model").iterdir()} == {"config.json", "model.safetensors"}
-    manifest = CheckpointManifest.read(lora)
+    manifest = read_manifest(lora)
     assert (manifest.method, manifest.base_model, manifest.task) == (
         "lora",
         "base_model",
@@ -74,7 +75,7 @@ def test_task_that_disagrees_with_the_manifest_is_refused(tiny_checkpoint):
 def test_plain_hugging_face_directory_needs_the_task(tiny_checkpoint, tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(tiny_checkpoint("text-classification"), plain)
-    (plain / CHECKPOINT_MANIFEST).unlink()
+    (plain / MANIFEST).unlink()
     with pytest.raises(CheckpointError, match="pass the task"):
         load_checkpoint(str(plain))
     loaded = load_checkpoint(str(plain), "text-classification")
@@ -88,7 +89,7 @@ def test_plain_hugging_face_directory_needs_the_task(tiny_checkpoint, tmp_path):
 def test_lora_adapter_without_a_manifest_is_refused(tiny_checkpoint, tmp_path):
     bare = tmp_path / "bare-adapter"
     shutil.copytree(tiny_checkpoint("text-classification", method="lora"), bare)
-    (bare / CHECKPOINT_MANIFEST).unlink()
+    (bare / MANIFEST).unlink()
     with pytest.raises(CheckpointError, match=r"LoRA adapter but no rayformers\.json"):
         load_checkpoint(str(bare), "text-classification")
 
@@ -98,7 +99,7 @@ def test_missing_directory_and_broken_manifest_are_clear(tmp_path, tiny_checkpoi
         load_checkpoint(str(tmp_path / "nowhere"))
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint("fill-mask"), broken)
-    (broken / CHECKPOINT_MANIFEST).write_text('{"task": "fill-mask"}', encoding="utf-8")
+    (broken / MANIFEST).write_text('{"task": "fill-mask"}', encoding="utf-8")
     with pytest.raises(CheckpointError, match="not a valid checkpoint manifest"):
         load_checkpoint(str(broken))
 
@@ -171,7 +172,7 @@ def test_unknown_adapter_lists_the_known_ones(tiny_checkpoint):
     loaded = load_checkpoint(str(tiny_checkpoint("text-classification", method="lora")))
     with pytest.raises(UnknownAdapterError, match=r"'nope'.*'default'") as caught, loaded.using("nope"):
         pass
-    assert caught.value.known == ["default"] and caught.value.status == 404
+    assert caught.value.known == ["default"]
     full = load_checkpoint(str(tiny_checkpoint("text-classification")))
     with pytest.raises(UnknownAdapterError, match="none"), full.using("x"):
         pass
@@ -219,12 +220,14 @@ def test_lora_checkpoint_without_its_base_directory(tiny_checkpoint, tmp_path):
 
 def test_errors_keep_their_fields_across_processes():
     error = InputError("parameters.top_k", "must be positive")
-    assert str(error) == "parameters.top_k: must be positive" and error.status == 422
+    assert str(error) == "parameters.top_k: must be positive"
     again = pickle.loads(pickle.dumps(error))
     assert (again.field, again.message) == (error.field, error.message)
     unknown = pickle.loads(pickle.dumps(UnknownAdapterError("x", ["a", "b"])))
     assert unknown.known == ["a", "b"] and "'a', 'b'" in str(unknown)
-    assert all(issubclass(c, ServingError) for c in (CheckpointError, InputError, UnknownAdapterError))
+    assert issubclass(UnknownAdapterError, ServingError)
+    # What the CLI and the HTTP layer catch as the user's (or the client's) mistake, not a crash.
+    assert all(issubclass(c, UserError) for c in (CheckpointError, InputError, UnknownAdapterError))
 
 
 def test_package_exports_resolve_lazily():

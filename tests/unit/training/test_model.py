@@ -6,11 +6,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from rayformers.config import ModelConfig
-from rayformers.manifest import LabelMap
+from rayformers.manifest import LabelMap, PreprocessSettings
 from rayformers.tasks import get_task
 from rayformers.training.model import ModelError, build_model, parameter_counts
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def settings(*names: str) -> PreprocessSettings:
+    return PreprocessSettings(task="text-classification", max_length=32, labels=LabelMap(names=list(names)))
 
 
 def cfg(wordpiece_dir, **kw):
@@ -25,7 +29,7 @@ def cfg(wordpiece_dir, **kw):
 
 def test_from_scratch_classifier_records_labels_and_tokenizer_ids(wordpiece_dir):
     tok = AutoTokenizer.from_pretrained(wordpiece_dir)
-    labels = LabelMap(names=["negative", "positive"])
+    labels = settings("negative", "positive")
     model = build_model(cfg(wordpiece_dir), get_task("text-classification"), tok, labels, seed=0)
     assert model.config.num_labels == 2 and model.config.id2label == {0: "negative", 1: "positive"}
     assert model.config.vocab_size == len(tok) and model.config.pad_token_id == tok.pad_token_id
@@ -41,7 +45,7 @@ def test_lora_trains_adapters_and_the_head_only(wordpiece_dir):
         cfg(wordpiece_dir, method="lora"),
         get_task("text-classification"),
         tok,
-        LabelMap(names=["a", "b"]),
+        settings("a", "b"),
         seed=0,
     )
     trainable, total = parameter_counts(model)
@@ -55,5 +59,5 @@ def test_unknown_lora_target_lists_the_real_ones(wordpiece_dir):
     tok = AutoTokenizer.from_pretrained(wordpiece_dir)
     bad = cfg(wordpiece_dir, method="lora", lora={"target_modules": ["q_proj"]})
     with pytest.raises(ModelError) as err:
-        build_model(bad, get_task("text-classification"), tok, LabelMap(names=["a", "b"]), seed=0)
+        build_model(bad, get_task("text-classification"), tok, settings("a", "b"), seed=0)
     assert "q_proj" in str(err.value) and "query" in str(err.value) and "value" in str(err.value)

@@ -1,0 +1,421 @@
+"""The `rayformers` command: the front door. Stages are imported inside each command, so `--help`
+and `validate` start in well under a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rayformers.errors import UserError
+from rayformers.loading import load_config
+from rayformers.validation import ConfigError, ConfigIssue
+
+__all__ = ["main"]
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="Path of a YAML run config.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set train.learning_rate=3e-5 (repeatable).",
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(
+        f"{args.config}: OK (task {cfg.model.task}, {cfg.model.method} fine-tuning, "
+        f"{cfg.train.num_workers} worker{'s' if cfg.train.num_workers != 1 else ''})"
+    )
+    return 0
+
+
+@contextmanager
+def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The config and its lazily tokenized splits, inside a Ray session closed on the way out."""
+    from rayformers.cluster import connect
+    from rayformers.data.pipeline import build_tokenized
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        yield (
+            cfg,
+            build_tokenized(
+                cfg.data,
+                cfg.model.task,
+                cfg.model.tokenizer_source,
+                revision=cfg.model.revision if not cfg.model.tokenizer else None,
+                trust_remote_code=cfg.model.trust_remote_code,
+            ),
+        )
+
+
+def _print_bad_rows(bad_rows: dict[str, dict[str, Any]]) -> None:
+    for split, summary in bad_rows.items():
+        for reason, count in summary["counts"].items():
+            print(f"skipped {count} bad row{'s' if count != 1 else ''} in {split}: {reason}")
+            for example in summary["examples"].get(reason, []):
+                print(f"    e.g. {example}")
+
+
+def _cmd_data_preview(args: argparse.Namespace) -> int:
+    from rayformers.data.preview import preview
+
+    with _tokenized(args) as (_, tokenized):
+        report = preview(tokenized, args.rows)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"task: {report['task']}   max_length: {report['max_length']}")
+    if "labels" in report:
+        print(f"labels: {report['labels']}")
+    for name, split in report["splits"].items():
+        s = split["stats"]
+        print(
+            f"\n[{name}] rows {s['rows']}  tokens {s['tokens']}  mean length {s['mean_length']}  longest "
+            f"{s['longest']}  truncated {s['truncated_rows']} ({s['truncation_rate']:.1%})"
+        )
+        if s["labels"]:
+            print("  label distribution: " + ", ".join(f"{k} {v}" for k, v in s["labels"].items()))
+        for i, row in enumerate(split["rows"]):
+            extra = {k: v for k, v in row.items() if k not in ("tokens", "length")}
+            print(f"  {i}: ({row['length']} tokens) {' '.join(row['tokens'])}")
+            if extra:
+                print(f"     {json.dumps(extra, default=str)}")
+    _print_bad_rows(report["bad_rows"])
+    return 0
+
+
+def _cmd_data_tokenize(args: argparse.Namespace) -> int:
+    from rayformers.data.shards import check_empty, write_tokenized
+
+    check_empty(args.out)  # before Ray starts and the data is read
+    with _tokenized(args) as (cfg, tokenized):
+        manifest = write_tokenized(tokenized, cfg.data, args.out)
+    for split, stats in manifest.splits.items():
+        print(f"{split}: {stats.rows} rows, {stats.tokens} tokens -> {Path(args.out) / split}")
+    _print_bad_rows({s: {"counts": st.bad_rows, "examples": {}} for s, st in manifest.splits.items()})
+    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
+    from rayformers.cluster import connect
+    from rayformers.data.corpus import stream_texts
+    from rayformers.data.tokenizer_training import train_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        texts = stream_texts(cfg.data, cfg.model.task, args.column)
+        tokenizer = train_tokenizer(
+            texts, args.out, kind=args.kind, vocab_size=args.vocab_size, model_max_length=cfg.data.max_length
+        )
+    print(f"trained a {args.kind} tokenizer with {len(tokenizer)} tokens -> {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rayformers.cluster import connect
+    from rayformers.training.trainer import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    with connect(cfg.cluster):
+        result = run_training(cfg)
+    print(f"best metrics: {json.dumps(result.best_metrics, default=str)}")
+    print(f"run summary: {result.summary_path}")
+    print(result.best_checkpoint)  # the last line on stdout: scripts read the checkpoint from here
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rayformers.training.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, merge_lora=args.merge_lora)
+    print(out)
+    return 0
+
+
+def _serve_setup(args: argparse.Namespace) -> tuple[Any, list[Any], Any]:
+    """The serve section, its apps as builder arguments, and the cluster to run on."""
+    from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
+    from rayformers.serving.app import app_args, checked
+
+    if args.checkpoint:
+        if args.config:
+            raise ConfigError(
+                "rayformers serve",
+                [ConfigIssue("CONFIG", "both a CONFIG and --checkpoint were given", "give one of them")],
+            )
+        serve_cfg = ServeConfig(port=args.port or 8000)
+        app = ServeAppConfig(
+            name=args.name or "model", checkpoint=str(Path(args.checkpoint).resolve()), task=args.task
+        )
+        return serve_cfg, checked(serve_cfg, [app]), ClusterConfig()
+    if not args.config:
+        raise ConfigError(
+            "rayformers serve",
+            [
+                ConfigIssue(
+                    "CONFIG", "nothing to serve", "give a CONFIG, or --checkpoint DIR for one checkpoint"
+                )
+            ],
+        )
+    cfg = load_config(args.config, args.overrides)
+    if args.port:
+        cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"port": args.port})})
+    return cfg.serve, app_args(cfg), cfg.cluster
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rayformers.serving.server import block_stop_signals, deploy, serve_until_stopped
+
+    serve_cfg, apps, cluster = _serve_setup(args)
+    block_stop_signals()
+    served = deploy(serve_cfg, apps, cluster)
+    serve_until_stopped(served)
+    return 0
+
+
+def _cmd_serve_build(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rayformers.serving.app import app_args, deploy_config
+
+    cfg = load_config(args.config, args.overrides)
+    config = deploy_config(cfg.serve, app_args(cfg))
+    text = yaml.safe_dump(config, sort_keys=False)
+    if args.output == "-":
+        print(text, end="")
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(
+            f"wrote {args.output}: {len(config['applications'])} applications (run it: serve run {args.output})"
+        )
+    return 0
+
+
+def _cmd_cluster_local(args: argparse.Namespace) -> int:
+    from rayformers.cluster.local import start_local
+
+    local = start_local(args.nodes, args.cpus_per_node, args.port, args.dashboard_port)
+    print(f"started a local Ray cluster of {local.nodes} nodes ({args.cpus_per_node:g} CPU each)")
+    print(f"  address:   {local.address}     (configs: --set cluster.address={local.address})")
+    print(f"  dashboard: {local.dashboard}   (rayformers submit CONFIG --address {local.dashboard})")
+    print(
+        "  drivers that join it need RAY_AUTH_MODE=token (rayformers sets it); stop it: rayformers cluster down"
+    )
+    return 0
+
+
+def _cmd_cluster_down(args: argparse.Namespace) -> int:
+    from rayformers.cluster.local import stop_local
+
+    stop_local()
+    print("stopped every Ray node on this machine")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from rayformers.cluster.jobs import submit_training
+
+    cfg = load_config(args.config, args.overrides)  # refuse a bad config here, before anything is shipped
+    job_id, status = submit_training(args.config, args.overrides, args.address, cfg.cluster)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from rayformers.cli.quickstart import run_quickstart
+
+    run_quickstart(Path(args.workdir), port=args.port, keep_serving=args.keep_serving)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayformers",
+        description="Fine-tune and serve Hugging Face transformers on Ray, from one YAML config.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quickstart = commands.add_parser(
+        "quickstart",
+        help="The whole flow offline on sample data: tokenizer, LoRA training, evaluation, serving.",
+    )
+    quickstart.add_argument(
+        "--workdir",
+        default="runs/quickstart-demo",
+        help="Where its tokenizer and run go (replaced each time).",
+    )
+    quickstart.add_argument("--port", type=int, default=8000, help="HTTP port of the served app.")
+    quickstart.add_argument(
+        "--keep-serving", action="store_true", help="Keep the app up after the demo requests (Ctrl-C stops)."
+    )
+    quickstart.set_defaults(run=_cmd_quickstart)
+
+    submit = commands.add_parser(
+        "submit", help="Run `train CONFIG` on a Ray cluster through the Jobs API; stream its logs."
+    )
+    _add_config(submit)
+    submit.add_argument("--address", required=True, help="The cluster's dashboard, e.g. http://HEAD:8265.")
+    submit.set_defaults(run=_cmd_submit)
+
+    cluster = commands.add_parser(
+        "cluster", help="A multi-node Ray cluster on this machine, for development."
+    )
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    local = cluster_commands.add_parser("local", help="Start a head and N-1 worker nodes here.")
+    local.add_argument("--nodes", type=int, default=2, help="Nodes, the head included (default 2).")
+    local.add_argument("--cpus-per-node", type=float, default=1, help="CPUs each node offers (default 1).")
+    local.add_argument("--port", type=int, default=6379, help="The head's GCS port.")
+    local.add_argument("--dashboard-port", type=int, default=8265, help="The dashboard (Jobs API) port.")
+    local.set_defaults(run=_cmd_cluster_local)
+    down = cluster_commands.add_parser("down", help="Stop every Ray node on this machine.")
+    down.set_defaults(run=_cmd_cluster_down)
+
+    validate = commands.add_parser("validate", help="Check a config; list every problem at once.")
+    _add_config(validate)
+    validate.set_defaults(run=_cmd_validate)
+
+    train = commands.add_parser("train", help="Fine-tune on Ray Train; prints the best checkpoint last.")
+    _add_config(train)
+    train.set_defaults(run=_cmd_train)
+
+    export = commands.add_parser("export", help="Write a standalone model from a checkpoint.")
+    export.add_argument("checkpoint", help="A checkpoint directory written by `rayformers train`.")
+    export.add_argument("--out", required=True, help="Output directory (new or empty).")
+    export.add_argument(
+        "--merge-lora", action="store_true", help="Merge a LoRA adapter into its base weights."
+    )
+    export.set_defaults(run=_cmd_export)
+
+    serve = commands.add_parser(
+        "serve",
+        help="Serve checkpoints over HTTP on Ray Serve (and `serve build` a Serve config file).",
+        description="Serve every app of CONFIG (or one --checkpoint) until Ctrl-C or SIGTERM. "
+        "`rayformers serve build CONFIG -o FILE` writes the Ray Serve config instead, for `serve run`, "
+        "`serve deploy` or a KubeRay RayService.",
+    )
+    serve.add_argument("config", nargs="?", help="Path of a YAML run config.")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000).")
+    serve.add_argument("--checkpoint", help="Serve this one checkpoint directory with default settings.")
+    serve.add_argument(
+        "--name", help="App name for --checkpoint (its routes are under /NAME; default 'model')."
+    )
+    serve.add_argument(
+        "--task", help="Task for --checkpoint, needed for a directory without rayformers.json."
+    )
+    serve.set_defaults(run=_cmd_serve)
+    build = commands.add_parser("serve-build", help=argparse.SUPPRESS)
+    _add_config(build)
+    build.add_argument("-o", "--output", required=True, help="File to write ('-' for stdout).")
+    build.set_defaults(run=_cmd_serve_build)
+
+    data = commands.add_parser("data", help="Stream, tokenize and inspect a config's data.")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    preview = data_commands.add_parser("preview", help="Decoded tokenized rows and statistics.")
+    _add_config(preview)
+    preview.add_argument("--rows", type=int, default=3, help="Rows to show per split (default 3).")
+    preview.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    preview.set_defaults(run=_cmd_data_preview)
+    tokenize = data_commands.add_parser("tokenize", help="Write tokenized Parquet shards and a manifest.")
+    _add_config(tokenize)
+    tokenize.add_argument("--out", required=True, help="Output directory.")
+    tokenize.set_defaults(run=_cmd_data_tokenize)
+    train_tok = data_commands.add_parser("train-tokenizer", help="Train a WordPiece or BPE tokenizer.")
+    _add_config(train_tok)
+    train_tok.add_argument("--out", required=True, help="Directory to save the tokenizer in.")
+    train_tok.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece")
+    train_tok.add_argument("--vocab-size", type=int, default=2000)
+    train_tok.add_argument(
+        "--column", default=None, help="Task column to learn from (default: the task's text)."
+    )
+    train_tok.set_defaults(run=_cmd_data_train_tokenizer)
+    return parser
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    """The user's mistake inside `exc`, however deep Ray wrapped it (task errors, Data UDF errors): the
+    first `UserError` among its causes, contexts and Ray's `cause`."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            # Ray's task errors subclass the error they carry; the original, under `cause`, prints cleanly.
+            inner = getattr(current, "cause", None)
+            return inner if isinstance(inner, UserError) else current
+        stack.extend([current.__cause__, current.__context__, getattr(current, "cause", None)])
+    return None
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Ray logs the stack of any exception a task raises; for a user's mistake we print one line
+    that says what to fix instead, so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            return _user_error(record.exc_info[1]) is None
+        # Ray's preamble to the stack trace above; the trace itself is judged (and kept or not) above.
+        return not str(record.msg).startswith("Exception occurred in Ray Data or Ray Core internal code")
+
+
+def _install_log_filter_after_ray_import() -> None:
+    """Ray configures its loggers when imported: filter them once they exist."""
+    import ray
+    import ray.data  # noqa: F401
+
+    _install_log_filter()
+
+
+def _install_log_filter() -> None:
+    hide = _HideUserErrorTracebacks()
+    for name in ("ray.data", "ray", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(hide)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rayformers` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["serve", "build"]:  # `serve build` is its own command with its own arguments
+        argv = ["serve-build", *argv[2:]]
+    args = _parser().parse_args(argv)
+    if args.command != "validate":
+        from rayformers.cluster import use_token_auth_if_set_up
+
+        use_token_auth_if_set_up()
+        _install_log_filter_after_ray_import()
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        found = _user_error(err)
+        if found is None:
+            raise
+        print(f"error: {found.render()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The checkpoint contract, in one place below training and serving: the folder's layout and names, the
+manifest's reader and writer, the label arguments a model is built and loaded with, how a full or LoRA
+checkpoint becomes a model again (`load_model`, which export, resume and serving all use), and pooling.
+
+A checkpoint directory holds what `save_pretrained` writes (safetensors), the tokenizer, the
+`rayformers.json` manifest, a model card and the training state; a LoRA checkpoint holds the adapter,
+and, when its base was built from scratch, that base in `base_model/`. Training writes it; everything
+else reads it through here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+
+from rayformers.errors import UserError
+from rayformers.manifest import CheckpointManifest, LabelMap
+
+if TYPE_CHECKING:
+    import torch
+
+    from rayformers.data.storage import Location
+    from rayformers.tasks.base import Task
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "BASE_MODEL_DIR",
+    "DEFAULT_ADAPTER",
+    "MANIFEST",
+    "MODEL_CARD",
+    "TRAINING_STATE",
+    "CheckpointError",
+    "label_kwargs",
+    "load_model",
+    "pool",
+    "read_manifest",
+    "write_manifest",
+]
+
+MANIFEST = "rayformers.json"
+"""The manifest: how to use the checkpoint (task, labels, preprocessing, base, method, metrics)."""
+BASE_MODEL_DIR = "base_model"
+"""A LoRA checkpoint's own base, when that base was built from scratch (a hub base is named instead)."""
+TRAINING_STATE = "training_state.pt"
+"""Optimizer, scheduler and history a resumed run continues from (not needed to serve)."""
+MODEL_CARD = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+"""What peft writes beside a LoRA adapter's weights."""
+DEFAULT_ADAPTER = "default"
+"""peft's name for the adapter a LoRA checkpoint itself holds."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used as asked: missing, malformed, or not the task requested."""
+
+
+def read_manifest(where: str | Path | Location) -> CheckpointManifest:
+    """The manifest of the checkpoint at `where` (a local directory, or a cloud URI or `Location`).
+    FileNotFoundError when there is none; CheckpointError when it is not a valid manifest."""
+    from rayformers.data.storage import Location
+
+    directory = where if isinstance(where, Location) else Location.parse(where)
+    path = directory / MANIFEST
+    text = path.read_text()
+    try:
+        return CheckpointManifest.model_validate_json(text)
+    except (ValidationError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a valid checkpoint manifest: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def write_manifest(manifest: CheckpointManifest, directory: str | Path) -> Path:
+    """Write `rayformers.json` into the local `directory`."""
+    path = Path(directory) / MANIFEST
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def label_kwargs(labels: LabelMap) -> dict[str, Any]:
+    """A model config's label arguments for `labels`: its size and both directions of the map."""
+    return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": labels.label2id}
+
+
+def load_model(
+    manifest: CheckpointManifest | None,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    trainable: bool = False,
+    task: Task | None = None,
+) -> Any:
+    """The model of the local checkpoint `directory` as its manifest describes it: full weights through
+    the task's Auto class, or a LoRA checkpoint's base (its own `base_model/`, or the named hub model
+    at its revision) with the adapter over it as peft's `default` adapter. `trainable` keeps the
+    adapter (and saved heads) trainable, for a resumed run; else the model is in eval mode. A plain
+    Hugging Face directory (no manifest) loads as full weights of `task`."""
+    from rayformers.tasks import get_task
+
+    if manifest is None and task is None:
+        raise CheckpointError(f"{directory} has no {MANIFEST}: name the task to load it as")
+    task = task or get_task(manifest.task)  # type: ignore[union-attr]
+    root = Path(directory)
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    if manifest is None or manifest.method == "full":
+        model = _from_pretrained(task.auto_model_class(), str(root), **kwargs)
+        return model if trainable else model.eval()
+    if manifest.base_model == BASE_MODEL_DIR:
+        if not (root / BASE_MODEL_DIR).is_dir():
+            raise CheckpointError(
+                f"LoRA checkpoint {root} names base_model '{BASE_MODEL_DIR}' but has no "
+                f"{root / BASE_MODEL_DIR} directory"
+            )
+        source = str(root / BASE_MODEL_DIR)
+    else:
+        source = manifest.base_model
+        if manifest.base_revision is not None:
+            kwargs["revision"] = manifest.base_revision
+    # A hub base has its own (or no) label map; the adapter's head was trained on the recorded one.
+    base = _from_pretrained(
+        task.auto_model_class(), source, **kwargs, **task.model_kwargs(manifest.preprocessing)
+    )
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(
+            base, str(root), adapter_name=DEFAULT_ADAPTER, is_trainable=trainable
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"LoRA adapter in {root} could not be loaded: {str(err).splitlines()[0]}"
+        ) from None
+    return model if trainable else model.eval()
+
+
+def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
+    try:
+        return auto.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{source!r} could not be loaded as {auto.__name__}: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Literal["mean", "cls"]) -> torch.Tensor:
+    """One vector per sequence: the mean of the token vectors the attention mask keeps, or the first
+    token's vector. Training's contrastive loss and serving pool with this same function."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)

@@ -1,0 +1,154 @@
+"""Feature extraction: sentence embeddings, trained contrastively on (text, text_pair) positive pairs.
+
+Training encodes each text and its positive separately and learns with an in-batch contrastive loss
+(InfoNCE over cosine similarities: each text's positive is its own pair, the other pairs are its
+negatives); evaluation reports recall@1 of that retrieval over the whole validation split. Both pool
+the token vectors with the checkpoint contract's `pool` (mean under the attention mask), which the
+manifest records. Serving returns one `list[float]` per input, pooled the same way and L2-normalised by
+default (transformers' `feature-extraction` pipeline returns every token's vector instead; a served
+embedding model is asked for one vector per text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
+from rayformers.manifest import PreprocessSettings
+from rayformers.tasks.base import Task
+from rayformers.tasks.checkpoint import pool
+from rayformers.tasks.evaluation import Evaluator
+from rayformers.tasks.handler import Handler
+from rayformers.tasks.schemas import ParametersModel
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "TASK",
+    "FeatureExtraction",
+    "FeatureExtractionHandler",
+    "FeatureExtractionParameters",
+    "embed_pair",
+    "recall_at_1",
+]
+
+TEMPERATURE = 0.05
+"""Scale of the contrastive loss's cosine similarities (as SimCSE and sentence-transformers use)."""
+
+
+class FeatureExtractionParameters(ParametersModel):
+    pooling: Literal["mean", "cls"] | None = Field(
+        default=None, description="mean or cls (first token). Unset: what the checkpoint was trained with."
+    )
+    normalize: bool = Field(default=True, description="Scale each embedding to unit L2 norm.")
+
+
+def tokenize_embedding_pairs(
+    batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode = "train"
+) -> Columns:
+    """Feature extraction: each text alone; in training also its positive `text_pair`, encoded
+    separately (as `pair_*` columns) for an in-batch contrastive loss."""
+    texts = list(batch["text"])
+    encoding = encode(tokenizer, settings, texts)
+    out = model_inputs(encoding)
+    out["truncated"] = truncated_rows(encoding, settings.max_length, len(texts))
+    if mode != "inference":
+        pairs = encode(tokenizer, settings, list(batch["text_pair"]))
+        for key, value in model_inputs(pairs).items():
+            out[f"pair_{key}"] = value
+    return out
+
+
+def recall_at_1(anchors: np.ndarray, positives: np.ndarray) -> dict[str, float]:
+    """How often each anchor's nearest positive (cosine) is its own pair, over the whole split."""
+    if len(anchors) == 0:
+        return {"recall_at_1": 0.0}
+    a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True).clip(1e-12)
+    p = positives / np.linalg.norm(positives, axis=1, keepdims=True).clip(1e-12)
+    nearest = (a @ p.T).argmax(axis=1)
+    return {"recall_at_1": float((nearest == np.arange(len(a))).mean())}
+
+
+def embed_pair(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled embeddings of each text and of its `pair_*` positive."""
+    texts = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    pairs = model(
+        input_ids=batch["pair_input_ids"], attention_mask=batch["pair_attention_mask"]
+    ).last_hidden_state
+    return pool(texts, batch["attention_mask"], "mean"), pool(pairs, batch["pair_attention_mask"], "mean")
+
+
+class EmbeddingEvaluator(Evaluator):
+    """Each text's and its positive's embedding; recall@1 of retrieving the positive among all of them."""
+
+    def add(self, model: Any, batch: Mapping[str, Any], collated: Mapping[str, Any]) -> None:
+        a, p = embed_pair(model, batch)
+        self.rows.extend(zip(a.float().cpu().numpy(), p.float().cpu().numpy(), strict=True))
+
+    def score(self, rows: list[Any]) -> dict[str, float]:
+        if not rows:
+            return {"recall_at_1": 0.0}
+        return recall_at_1(np.stack([a for a, _ in rows]), np.stack([p for _, p in rows]))
+
+
+class FeatureExtractionHandler(Handler):
+    """Sentence embeddings of texts, in one forward pass."""
+
+    @property
+    def default_pooling(self) -> Literal["mean", "cls"]:
+        manifest = self.loaded.manifest
+        return manifest.pooling if manifest is not None and manifest.pooling else "mean"
+
+    def _predict(self, inputs: list[str], parameters: FeatureExtractionParameters) -> list[Any]:
+        import torch
+
+        batch = self.to_batch(self.tokenize({"text": inputs}))
+        hidden = self.forward(batch).last_hidden_state.float()
+        vectors = pool(hidden, batch["attention_mask"], parameters.pooling or self.default_pooling)
+        if parameters.normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return [[float(x) for x in row] for row in vectors.cpu().tolist()]
+
+
+class FeatureExtraction(Task):
+    name = "feature-extraction"
+    summary = "Sentence embeddings, trained contrastively on (text, text_pair) positive pairs."
+    columns = ("text", "text_pair")
+    text_columns = ("text", "text_pair")
+    auto_model = "AutoModel"
+    peft_task_type = "FEATURE_EXTRACTION"
+    # The loss pools hidden states and never uses the encoder's pooler head: DDP must be told that
+    # some parameters get no gradient, or it fails at the first backward.
+    ddp_find_unused_parameters = True
+    pooling = "mean"
+    metrics = ("recall_at_1",)
+    default_metric = "recall_at_1"
+    pipeline_task = "feature-extraction"
+    capabilities = frozenset({"embed"})
+    Parameters = FeatureExtractionParameters
+    handler = FeatureExtractionHandler
+
+    def preprocess(
+        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
+    ) -> Columns:
+        return tokenize_embedding_pairs(batch, tokenizer, settings, mode)
+
+    def loss(self, model: Any, batch: Mapping[str, Any], settings: PreprocessSettings) -> torch.Tensor:
+        import torch
+
+        a, p = embed_pair(model, batch)
+        scores = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T
+        return torch.nn.functional.cross_entropy(scores / TEMPERATURE, torch.arange(len(a), device=a.device))
+
+    def evaluator(
+        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
+    ) -> Evaluator:
+        return EmbeddingEvaluator(self, settings, tokenizer, metric_module)
+
+
+TASK = FeatureExtraction()

@@ -1,0 +1,128 @@
+"""Text generation: greedy decoding equals the model's own, stop sequences cut, streaming agrees."""
+
+from __future__ import annotations
+
+import threading
+
+import pydantic
+import pytest
+import torch
+
+from rayformers.serving.checkpoint import build_handler, load_checkpoint
+from rayformers.serving.errors import InputError
+from rayformers.tasks.text_generation import GenerationParameters, TextGenerationHandler
+
+PROMPT = "Once upon a time in Paris"
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_checkpoint) -> TextGenerationHandler:
+    return build_handler(load_checkpoint(str(tiny_checkpoint("text-generation"))))  # type: ignore[return-value]
+
+
+def completion(handler, prompt: str = PROMPT, **parameters) -> str:
+    return handler.predict([prompt], {"return_full_text": False, **parameters})[0][0]["generated_text"]
+
+
+def test_greedy_generation_is_the_models_own(handler):
+    (output,) = handler.predict([PROMPT], {"max_new_tokens": 10})
+    ids = handler.prompt_ids([PROMPT], 10)[0]
+    with torch.inference_mode():
+        direct = handler.model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=handler.tokenizer.pad_token_id,
+        )
+    expected = handler.tokenizer.decode(direct[0, len(ids) :], skip_special_tokens=True)
+    assert output == [{"generated_text": PROMPT + expected}]
+    assert completion(handler, max_new_tokens=10) == expected
+    assert handler.predict([PROMPT], {"max_new_tokens": 10}) == [output]  # deterministic
+
+
+def test_a_prompt_is_opened_not_closed_and_training_closes_each_text(handler):
+    from rayformers.tasks.text_generation import tokenize_causal_lm
+
+    (ids,) = handler.prompt_ids([PROMPT], 4)
+    tok = handler.tokenizer
+    # The sample BPE's template is `<s> $A </s>`; loaded for text generation it only opens a text, so
+    # the prompt (here and in transformers.pipeline) does not say the text is over.
+    assert ids == tok(PROMPT)["input_ids"] and ids[0] == tok.bos_token_id and ids[-1] != tok.eos_token_id
+    (trained,) = tokenize_causal_lm({"text": [PROMPT]}, tok, handler.settings)["input_ids"]
+    assert trained == [*ids, tok.eos_token_id]
+    (empty,) = handler.prompt_ids([""], 4)
+    assert empty == [handler.tokenizer.bos_token_id]  # an empty prompt starts from <s>
+
+
+def test_long_prompts_keep_their_end(handler):
+    long = " ".join(["cat"] * 200) + " the dog sat"
+    (ids,) = handler.prompt_ids([long], 4)
+    assert len(ids) == handler.settings.max_length
+    assert handler.tokenizer.decode(ids[-3:]).strip() == "the dog sat"
+
+
+def test_stop_cuts_at_the_first_stop_sequence(handler):
+    free = completion(handler, max_new_tokens=16)
+    stop = free[len(free) // 2 : len(free) // 2 + 3]
+    assert stop.strip() and free.find(stop) > 0
+    cut = completion(handler, max_new_tokens=16, stop=[stop, "never-generated"])
+    assert cut == free[: free.find(stop)]
+    outputs, usages = handler.predict_with_usage([PROMPT], {"max_new_tokens": 16, "stop": [stop]})
+    assert usages[0].finish_reason == "stop" and usages[0].completion_tokens < 16
+    assert outputs[0][0]["generated_text"] == PROMPT + cut
+
+
+def test_usage_counts_tokens(handler):
+    outputs, usages = handler.predict_with_usage([PROMPT, "The"], {"max_new_tokens": 5})
+    assert len(outputs) == 2
+    prompt_tokens = [len(ids) for ids in handler.prompt_ids([PROMPT, "The"], 5)]
+    assert [u.prompt_tokens for u in usages] == prompt_tokens
+    for usage in usages:
+        assert (
+            usage.completion_tokens <= 5
+            and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        )
+        assert usage.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("with_stop", [False, True])
+def test_stream_concatenates_to_the_completion(handler, with_stop):
+    free = completion(handler, max_new_tokens=16)
+    parameters = {"max_new_tokens": 16, "stop": [free[5:8]] if with_stop else []}
+    expected = completion(handler, **parameters)
+    stream = handler.stream(PROMPT, parameters)
+    deltas = list(stream)
+    assert "".join(deltas) == expected and len(deltas) > 1
+    (usage,) = handler.predict_with_usage([PROMPT], parameters)[1]
+    assert stream.usage == usage
+
+
+def test_closing_a_stream_stops_generation(handler):
+    before = threading.active_count()
+    stream = handler.stream(PROMPT, {"max_new_tokens": 100})
+    next(stream)
+    stream.close()
+    assert threading.active_count() == before  # the generating thread was joined
+
+
+def test_seeded_sampling_repeats(handler):
+    parameters = {"max_new_tokens": 12, "do_sample": True, "temperature": 1.5, "top_k": 50, "seed": 7}
+    first = completion(handler, **parameters)
+    assert completion(handler, **parameters) == first
+    others = {completion(handler, **{**parameters, "seed": s}) for s in range(8, 12)}
+    assert others - {first}  # other seeds sample other texts
+    assert completion(handler, **{**parameters, "temperature": 0.0}) == completion(handler, max_new_tokens=12)
+
+
+def test_too_many_new_tokens_for_the_model_positions(handler):
+    with pytest.raises(InputError, match="at most") as caught:
+        handler.predict([PROMPT], {"max_new_tokens": 1000})
+    assert caught.value.field == "parameters.max_new_tokens"
+
+
+def test_parameter_guards():
+    with pytest.raises(pydantic.ValidationError, match="max_new_tokens"):
+        GenerationParameters(max_new_tokens=0)
+    with pytest.raises(pydantic.ValidationError, match="top_p"):
+        GenerationParameters(top_p=1.5)
+    assert GenerationParameters().generate_kwargs() == {"max_new_tokens": 32, "do_sample": False}
