@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 STAMP := $(VENV)/.rayformers-installed
 
-.PHONY: setup test lint format quickstart k8s-validate clean
+.PHONY: setup test test-fast lint format quickstart k8s-validate clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,13 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The whole suite: what CI (.ci/run) runs. Real Ray Train runs and Serve deployments; see README for its time.
 test: setup lint
 	$(BIN)/python -m pytest tests
+
+# The inner loop: lint and every test that starts no Ray (unit tests, CLI checks without Ray).
+test-fast: setup lint
+	$(BIN)/python -m pytest tests -m "not slow"
 
 # The whole flow offline on the project's own data: tokenizer, LoRA on 2 Ray Train workers, Serve, HTTP.
 quickstart: setup
