@@ -36,6 +36,13 @@ RUN mkdir -p /app && chown ray:users /app
 USER ray
 WORKDIR /app
 COPY --chown=ray:users . /app
+# A wheel install, not an editable one: the image runs the installed `rayformers.*` namespace. /app holds
+# the repository's own data/, training/, ... folders, like any user's project directory: the check below
+# fails the build if anything made a top-level `data`, `training`, `serving` or `cluster` importable
+# outside /app, or if rayformers could not import its stages from site-packages.
 RUN pip install --no-cache-dir . \
  && rm -rf build \
- && rayformers --help > /dev/null
+ && rayformers --help > /dev/null \
+ && cd / && python -c "import importlib.util as u, rayformers.data.pipeline, rayformers.serving.app; \
+s = [m for m in ('data', 'training', 'serving', 'cluster') if u.find_spec(m)]; \
+assert not s, f'top-level stage packages are installed: {s}'"

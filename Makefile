@@ -44,7 +44,7 @@ quickstart: setup
 	$(BIN)/rayformers quickstart
 
 # Render k8s/base and every k8s/overlays/* with kubectl (kustomize v5) and validate each object offline:
-# KubeRay kinds against the CRDs in $KUBERAY_CRDS (default ../shared/kuberay-crds), unknown fields rejected;
+# KubeRay kinds against the CRDs vendored in k8s/crds ($KUBERAY_CRDS overrides), unknown fields rejected;
 # core kinds against Kubernetes' schemas; the run config and the Serve config with the project's own models.
 k8s-validate: setup
 	$(BIN)/python k8s/validate.py

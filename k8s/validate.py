@@ -6,7 +6,7 @@
 Each object is checked as `kubectl apply --validate=strict` would check it, and then some:
 
 - KubeRay kinds (RayCluster, RayJob, RayService) against the openAPIV3Schema of the KubeRay CRDs in
-  $KUBERAY_CRDS (default: shared/kuberay-crds beside the repository). A CRD schema lets unknown fields through
+  k8s/crds/ (vendored, with their KubeRay version; $KUBERAY_CRDS points elsewhere). A CRD schema lets unknown fields through
   because the API server prunes them silently; here every object without x-kubernetes-preserve-unknown-fields
   is closed, so a misspelled field is an error at any depth, pod templates included;
 - core kinds against Kubernetes' own OpenAPI schemas in their strict form (the kubernetes-validate package
@@ -122,15 +122,19 @@ def _check_kustomize(kubectl: str) -> None:
         )
 
 
-def find_crds() -> Path | None:
-    """The directory of the KubeRay CRD files: $KUBERAY_CRDS, else shared/kuberay-crds beside the repo."""
+CRDS = REPO / "k8s" / "crds"
+"""The KubeRay CRDs the manifests target, vendored with their version and source (k8s/crds/README.md)."""
+
+
+def find_crds() -> Path:
+    """The directory of the KubeRay CRD files: $KUBERAY_CRDS when set (another KubeRay release), else the
+    vendored k8s/crds."""
     named = os.environ.get("KUBERAY_CRDS")
     if named:
         if not Path(named).is_dir():
             raise SetupError(f"KUBERAY_CRDS={named} is not a directory")
         return Path(named)
-    beside = REPO.parent / "shared" / "kuberay-crds"
-    return beside if beside.is_dir() else None
+    return CRDS
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -803,11 +807,6 @@ class Validator:
 
     def __init__(self, crds: Path | None = None, kube_version: str | None = None) -> None:
         crds = crds or find_crds()
-        if crds is None:
-            raise SetupError(
-                "KubeRay CRDs not found: set KUBERAY_CRDS to a directory holding ray.io_rayclusters.yaml, "
-                "ray.io_rayjobs.yaml and ray.io_rayservices.yaml (ray-operator/config/crd/bases in KubeRay)"
-            )
         self.schemas = _schemas(
             crds.resolve(), kube_version or os.environ.get("KUBE_VERSION", DEFAULT_KUBE_VERSION)
         )
