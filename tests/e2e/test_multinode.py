@@ -1,7 +1,9 @@
 """Two Ray nodes on this machine (`rayformers cluster local`): `rayformers submit` runs a training job
 there through the Jobs API with one worker on each node, writing to shared storage (a driver that
 joins with a node-local path is refused); serving puts a replica on each node and answers over HTTP.
-`cluster down` ends it.
+`cluster down` ends it. The job is submitted from a user's project directory that has its own `data`,
+`training`, `serving` and `cluster` packages, shipped as the job's working directory (and so on every
+worker's path), as most ML projects are.
 
 These run before the integration tests start the session's own Ray (e2e sorts first), because
 `cluster down` stops every Ray node on the machine."""
@@ -23,10 +25,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.user_project import user_project
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 CONFIG = REPO / "configs/text-classification/full.yaml"
-SUBMITTED = "configs/text-classification/lora.yaml"  # relative: it must lie inside the shipped working dir
 
 
 def _free_port() -> int:
@@ -35,11 +38,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rayformers(*args, timeout=600):
+def rayformers(*args, timeout=600, cwd=REPO):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
         [sys.executable, "-m", "rayformers.cli", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
 
 
@@ -92,7 +95,10 @@ def test_first_submitted_job_trains_and_streams_its_checkpoint(two_nodes, tmp_pa
         "train.placement_strategy=STRICT_SPREAD",
     ]
     sets = [x for o in overrides for x in ("--set", o)]
-    done = rayformers("submit", SUBMITTED, "--address", two_nodes["dashboard"], *sets, timeout=780)
+    project = user_project(tmp_path / "project")
+    done = rayformers(
+        "submit", "run.yaml", "--address", two_nodes["dashboard"], *sets, timeout=780, cwd=project
+    )
     assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-3000:])
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     assert lines[-1].startswith("job ") and lines[-1].endswith(": SUCCEEDED"), lines[-5:]
