@@ -23,6 +23,7 @@ from rayformers.data.preprocess import Columns, Mode
 from rayformers.data.rows import text_problem
 from rayformers.manifest import PreprocessSettings, label_key
 from rayformers.tasks.checkpoint import label_kwargs
+from rayformers.tasks.evaluation import Evaluator
 from rayformers.tasks.schemas import TEXT_HINT
 from rayformers.validation import ConfigIssue
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     import torch
 
     from rayformers.data.collate import PaddingCollator
-    from rayformers.tasks.evaluation import Evaluator
     from rayformers.tasks.handler import Handler
 
 __all__ = ["Capability", "LabelKind", "Task"]
@@ -62,6 +62,8 @@ class Task:
     """One label per row (`sequence`), one per word (`token`), or no label map (`none`)."""
     evaluation_columns: ClassVar[frozenset[str]] = frozenset()
     """Columns preprocessing adds in `evaluate` mode that the evaluator reads as Python values."""
+    causal_lm: ClassVar[bool] = False
+    """The labels are the inputs themselves (a causal LM learns every next token): the collator makes them."""
 
     # --- model ---------------------------------------------------------------------------------
     auto_model: ClassVar[str]
@@ -76,6 +78,8 @@ class Task:
     """How hidden states become one vector, recorded in the manifest (feature extraction)."""
 
     # --- evaluation ----------------------------------------------------------------------------
+    evaluator_class: ClassVar[type[Evaluator]]
+    """What scores an evaluation pass (`evaluator` builds one per pass)."""
     metrics: ClassVar[tuple[str, ...]]
     default_metric: ClassVar[str]
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
@@ -162,7 +166,8 @@ class Task:
         self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
     ) -> Columns:
         """Raw task-side columns in, model inputs out (one function, three modes: `train` adds what the
-        loss needs, `evaluate` also what the evaluator needs, `inference` what the handler needs)."""
+        loss needs, `evaluate` also what the evaluator needs, `inference` what the handler needs). A task
+        sets it to its module's function: `preprocess = staticmethod(tokenize_...)`."""
         raise NotImplementedError
 
     def prepare_tokenizer(self, tokenizer: Any, reload: Callable[..., Any]) -> Any:
@@ -185,6 +190,7 @@ class Task:
         return PaddingCollator(
             tokenizer.pad_token_id,
             pad_to_multiple_of,
+            causal_lm=self.causal_lm,
             passthrough=self.evaluation_columns if evaluation else frozenset(),
         )
 
@@ -212,4 +218,4 @@ class Task:
         self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
     ) -> Evaluator:
         """A fresh evaluator for one evaluation pass over this worker's validation shard."""
-        raise NotImplementedError
+        return self.evaluator_class(self, settings, tokenizer, metric_module)

@@ -132,11 +132,8 @@ class FeatureExtraction(Task):
     capabilities = frozenset({"embed"})
     Parameters = FeatureExtractionParameters
     handler = FeatureExtractionHandler
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_embedding_pairs(batch, tokenizer, settings, mode)
+    preprocess = staticmethod(tokenize_embedding_pairs)
+    evaluator_class = EmbeddingEvaluator
 
     def loss(self, model: Any, batch: Mapping[str, Any], settings: PreprocessSettings) -> torch.Tensor:
         import torch
@@ -144,11 +141,6 @@ class FeatureExtraction(Task):
         a, p = embed_pair(model, batch)
         scores = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(p, dim=-1).T
         return torch.nn.functional.cross_entropy(scores / TEMPERATURE, torch.arange(len(a), device=a.device))
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return EmbeddingEvaluator(self, settings, tokenizer, metric_module)
 
 
 TASK = FeatureExtraction()

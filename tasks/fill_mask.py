@@ -18,7 +18,7 @@ from rayformers.data.rows import DataError
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.checkpoint import CheckpointError
-from rayformers.tasks.evaluation import Evaluator, LanguageModelEvaluator
+from rayformers.tasks.evaluation import LanguageModelEvaluator
 from rayformers.tasks.handler import Handler, InputError
 from rayformers.tasks.schemas import ParametersModel
 
@@ -150,11 +150,8 @@ class FillMask(Task):
     Parameters = FillMaskParameters
     input_hint = MASKED_TEXT_HINT
     handler = FillMaskHandler
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_language_modeling(batch, tokenizer, settings, mode)
+    preprocess = staticmethod(tokenize_language_modeling)
+    evaluator_class = LanguageModelEvaluator
 
     def collator(
         self,
@@ -180,11 +177,6 @@ class FillMask(Task):
             pad_to_multiple_of,
             seed,
         )
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return LanguageModelEvaluator(self, settings, tokenizer, metric_module)
 
 
 TASK = FillMask()

@@ -356,6 +356,8 @@ class QuestionAnswering(Task):
     Parameters = QuestionAnsweringParameters
     input_hint = QUESTION_CONTEXT_HINT
     handler = QuestionAnsweringHandler
+    preprocess = staticmethod(tokenize_question_answering)
+    evaluator_class = QuestionAnsweringEvaluator
 
     def config_issues(self, data: DataConfig) -> list[ConfigIssue]:
         if 2 * data.stride >= data.max_length:
@@ -383,16 +385,6 @@ class QuestionAnswering(Task):
             return problem
         found = answers_problem(row.get("answers"), row.get("context"))
         return ("bad answer", found) if found else None
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_question_answering(batch, tokenizer, settings, mode)
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return QuestionAnsweringEvaluator(self, settings, tokenizer, metric_module)
 
 
 TASK = QuestionAnswering()

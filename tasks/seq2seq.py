@@ -18,7 +18,7 @@ from pydantic import Field
 from rayformers.data.preprocess import IGNORE_INDEX, Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
-from rayformers.tasks.evaluation import Evaluator, PairEvaluator
+from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import SamplingParameters
 
@@ -130,19 +130,11 @@ class Seq2SeqTask(Task):
     peft_task_type = "SEQ_2_SEQ_LM"
     Parameters = Seq2SeqParameters
     handler = Seq2SeqHandler
+    preprocess = staticmethod(tokenize_seq2seq)
+    evaluator_class = Seq2SeqEvaluator
     output_key: ClassVar[str]
     """The key of each served output, as the removed pipelines named it (e.g. `summary_text`)."""
 
     def text_metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """The task's metrics of generated texts against their references."""
         raise NotImplementedError
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_seq2seq(batch, tokenizer, settings, mode)
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return Seq2SeqEvaluator(self, settings, tokenizer, metric_module)

@@ -16,7 +16,7 @@ from pydantic import Field
 from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings, label_key
 from rayformers.tasks.base import Task
-from rayformers.tasks.evaluation import Evaluator, PairEvaluator
+from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import InputModel, ParametersModel
 
@@ -186,16 +186,8 @@ class TextClassification(Task):
     Parameters = ClassificationParameters
     input_hint = TEXT_OR_PAIR_HINT
     handler = TextClassificationHandler
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_classification(batch, tokenizer, settings, mode)
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return ClassificationEvaluator(self, settings, tokenizer, metric_module)
+    preprocess = staticmethod(tokenize_classification)
+    evaluator_class = ClassificationEvaluator
 
 
 TASK = TextClassification()

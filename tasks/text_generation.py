@@ -22,7 +22,7 @@ from pydantic import Field
 from rayformers.data.preprocess import Columns, Mode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
-from rayformers.tasks.evaluation import Evaluator, LanguageModelEvaluator
+from rayformers.tasks.evaluation import LanguageModelEvaluator
 from rayformers.tasks.handler import Handler, InputError
 from rayformers.tasks.schemas import SamplingParameters, StopString
 
@@ -353,35 +353,15 @@ class TextGeneration(Task):
     lower_is_better = frozenset({"loss", "perplexity"})
     pipeline_task = "text-generation"
     capabilities = frozenset({"generate"})
+    causal_lm = True
     Parameters = GenerationParameters
     handler = TextGenerationHandler
-
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_causal_lm(batch, tokenizer, settings, mode)
+    preprocess = staticmethod(tokenize_causal_lm)
+    evaluator_class = CausalLanguageModelEvaluator
 
     def prepare_tokenizer(self, tokenizer: Any, reload: Callable[..., Any]) -> Any:
         _no_trailing_eos(tokenizer)
         return tokenizer
-
-    def collator(
-        self,
-        tokenizer: Any,
-        *,
-        pad_to_multiple_of: int | None = None,
-        mlm_probability: float = 0.15,
-        seed: int | None = None,
-        evaluation: bool = False,
-    ) -> Any:
-        from rayformers.data.collate import PaddingCollator
-
-        return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of, causal_lm=True)
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return CausalLanguageModelEvaluator(self, settings, tokenizer, metric_module)
 
 
 TASK = TextGeneration()

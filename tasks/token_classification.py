@@ -21,7 +21,7 @@ from pydantic import Field
 from rayformers.data.preprocess import IGNORE_INDEX, Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings, label_key
 from rayformers.tasks.base import Task
-from rayformers.tasks.evaluation import Evaluator, PairEvaluator
+from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import ParametersModel
 
@@ -263,6 +263,8 @@ class TokenClassification(Task):
     pipeline_task = "token-classification"
     Parameters = TokenClassificationParameters
     handler = TokenClassificationHandler
+    preprocess = staticmethod(tokenize_token_classification)
+    evaluator_class = TokenClassificationEvaluator
 
     def row_problem(
         self, row: Mapping[str, Any], columns: Sequence[str], settings: PreprocessSettings
@@ -282,21 +284,11 @@ class TokenClassification(Task):
             return "unknown label", f"tag {unknown[0]!r} is not one of the training labels"
         return None
 
-    def preprocess(
-        self, batch: Mapping[str, Sequence[Any]], tokenizer: Any, settings: PreprocessSettings, mode: Mode
-    ) -> Columns:
-        return tokenize_token_classification(batch, tokenizer, settings, mode)
-
     def prepare_tokenizer(self, tokenizer: Any, reload: Callable[..., Any]) -> Any:
         # Byte-level BPE tokenizers need a prefix space to encode words that arrive already split.
         if getattr(tokenizer, "add_prefix_space", None) is False:
             return reload(add_prefix_space=True)
         return tokenizer
-
-    def evaluator(
-        self, settings: PreprocessSettings, tokenizer: Any, metric_module: str | None = None
-    ) -> Evaluator:
-        return TokenClassificationEvaluator(self, settings, tokenizer, metric_module)
 
 
 TASK = TokenClassification()

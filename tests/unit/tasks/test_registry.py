@@ -19,7 +19,7 @@ def test_entries_resolve_to_complete_tasks(name):
     task = get_task(name)
     assert isinstance(task, Task) and task.name == name and TASKS[name].startswith("rayformers.tasks.")
     assert type(task).preprocess is not Task.preprocess, "a task must preprocess"
-    assert type(task).evaluator is not Task.evaluator, "a task must evaluate"
+    assert isinstance(task.evaluator_class, type), "a task must evaluate"
     assert list(inspect.signature(task.preprocess).parameters) == ["batch", "tokenizer", "settings", "mode"]
     assert task.auto_model_class() is getattr(transformers, task.auto_model)
     assert issubclass(task.handler, Handler)
