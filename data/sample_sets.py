@@ -419,6 +419,64 @@ def _corpus_row(rng: random.Random, index: int) -> Row:
     return {"text": rng.choice(re.split(r"(?<=[.!?]) ", rng.choice(texts)))}
 
 
+# --- ranking: questions about coined towns, each with 8 candidate sentences to rank ---------------------
+# Answers are worded unlike their questions ("When was X founded?" / "X dates back to 1432."), while the
+# distractors repeat the question's words ("Y was founded in 1200.") or its town ("X is famous for ..."):
+# ranking by word overlap puts those first; a model that learns which wording answers which question, and
+# then matches the town, does not.
+_ANSWER_WORDINGS = [  # per _QA_FACTS entry: the fact said without its question's words
+    "{e} dates back to {v}.|The first houses of {e} rose in {v}.",
+    "{v} laid the first stone of {e}.|{e} owes its beginning to {v}.",
+    "{e} is home to {v} residents.|Some {v} residents call {e} home.",
+    "{e} sits on the banks of the {v}.|Boats on the {v} pass the quays of {e}.",
+    "{e} draws travellers with {v}.|Travellers remember {e} by {v}.",
+    "{v} leads the town hall of {e}.|{e} elected {v} to run the town hall.",
+    "{e} pays its taxes under the crown of {v}.|The crown of {v} rules over {e}.",
+    "{e} lives from {v}.|The families of {e} earn their living from {v}.",
+    "Travel {v} kilometres from the seat of government to reach {e}.|A journey of {v} kilometres leads to {e}.",
+]
+RANKING_QUERIES = (250, 30)
+"""Queries in the ranking set's train and validation splits; each brings 8 candidate documents."""
+# A fixed map of towns, as a search index covers the same places again and again.
+_RANKING_TOWNS = sorted({_cap(_coin(random.Random(f"ranking-town-{i}"), 3)) for i in range(40)})
+
+
+def _answer(rng: random.Random, town: str, fact: int) -> str:
+    kind = _QA_FACTS[fact][0]
+    return rng.choice(_phrases(_ANSWER_WORDINGS[fact])).format(e=town, v=_QA_VALUES[kind](rng))
+
+
+def _ranking_query(rng: random.Random) -> list[Row]:
+    """One question and its candidates: the answer (label 2); the asked fact about another town, worded
+    as answers are (1); the asked fact about three other towns in the question's own words (0); and three
+    other facts about the question's town (0)."""
+    town, *others = rng.sample(_RANKING_TOWNS, 5)
+    fact, *rest = rng.sample(range(len(_QA_FACTS)), 4)
+    query = rng.choice(_phrases(_QA_FACTS[fact][1])[1:]).format(e=town)
+    candidates = [(_answer(rng, town, fact), 2), (_answer(rng, others[0], fact), 1)]
+    candidates += [(_qa_sentence(rng, other, fact)[0], 0) for other in others[1:]]
+    candidates += [(_qa_sentence(rng, town, other)[0], 0) for other in rest]
+    rng.shuffle(candidates)
+    return [{"query": query, "document": d, "label": g, "relevant": int(g == 2)} for d, g in candidates]
+
+
+def _write_ranking(out: Path, seed: int) -> None:
+    """`ranking/`: query, document, label (graded 0-2), relevant (binary), 8 documents per query."""
+    rng = random.Random(f"{seed}-ranking")
+    folder = out / "ranking"
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()  # answers: validation never asks what training answered
+    for split, count in zip(("train", "validation"), RANKING_QUERIES, strict=True):
+        rows: list[Row] = []
+        while len(rows) < 8 * count:
+            group = _ranking_query(rng)
+            answer = str(next(r["document"] for r in group if r["label"] == 2))
+            if answer not in seen:
+                seen.add(answer)
+                rows.extend(group)
+        _write_split(folder, split, rows)
+
+
 # --- writing -------------------------------------------------------------------------------------------
 _SETS: dict[str, tuple[RowMaker, int, int, str]] = {  # maker, train rows, validation rows, schema
     "sentiment": (_sentiment_row, 2000, 200, "text, label (positive, negative); also `.csv`"),
@@ -491,6 +549,11 @@ def _readme(seed: int) -> str:
         "Derived from the sets above:",
         "",
         "- `pairs/`: anchor, positive: the paraphrase set's positive pairs, for embedding training.",
+        f"- `ranking/`: query, document, label (0-2), relevant (0/1): {RANKING_QUERIES[0]} and "
+        f"{RANKING_QUERIES[1]} questions about",
+        "  coined towns (qa/'s facts), 8 documents each, for reranking: the answer (2), the asked fact about",
+        "  another town (1), the asked fact about other towns in the question's words (0), other facts about",
+        "  the town (0). Answers never use their question's words, so ranking by word overlap fails.",
         "- `tokenizers/wordpiece` and `tokenizers/bpe`: 4000-token tokenizers trained on every set's",
         "  training texts (`data.tokenizer_training`), which the shipped configs and the quickstart use.",
         "",
@@ -518,6 +581,7 @@ def generate(out_dir: str | Path = DEFAULT_OUT, seed: int = DEFAULT_SEED) -> dic
         counts[name] = (n_train, n_validation)
     _write_pairs(out)
     _write_tokenizers(out)
+    _write_ranking(out, seed)  # after the tokenizers, which need not learn it: its words are qa/'s
     _write(out / "README.md", _readme(seed))
     return counts
 
@@ -545,8 +609,8 @@ def _write_tokenizers(out: Path) -> None:
     from rayformers.data.tokenizer_training import train_tokenizer
 
     texts: list[str] = []
-    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name != "tokenizers"):
-        for row in _read_jsonl(folder / "train.jsonl"):
+    for name in sorted([*_SETS, "pairs"]):  # the sets only: not what a regeneration finds on disk
+        for row in _read_jsonl(out / name / "train.jsonl"):
             for value in row.values():
                 if isinstance(value, str):
                     texts.append(value)

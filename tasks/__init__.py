@@ -28,6 +28,7 @@ TASKS: dict[str, str] = {
     "translation": "rayformers.tasks.translation",
     "zero-shot-classification": "rayformers.tasks.zero_shot_classification",
     "feature-extraction": "rayformers.tasks.feature_extraction",
+    "text-ranking": "rayformers.tasks.text_ranking",
 }
 """Task name -> the module whose `TASK` is that task."""
 

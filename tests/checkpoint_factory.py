@@ -68,6 +68,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "translation": ("bart", "bpe"),
     "zero-shot-classification": ("bert", "wordpiece"),
     "feature-extraction": ("bert", "wordpiece"),
+    "text-ranking": ("bert", "wordpiece"),
 }
 
 # Label maps as training derives them from the sample sets (LabelMap.from_values sorts names).
@@ -78,6 +79,8 @@ LABELS: dict[str, LabelMap] = {
 }
 
 _MAX_LENGTH = {"question-answering": 64, "text-generation": 64}
+# What tasks derive from their training data (`Task.finish_settings`), as the sample sets give it.
+_TASK_OPTIONS: dict[str, dict[str, Any]] = {"text-ranking": {"relevance": "graded", "lists": True}}
 
 
 def make_checkpoint(
@@ -107,14 +110,15 @@ def make_checkpoint(
     tokenizer_dir = TOKENIZERS / (tokenizer or tokenizer_kind)
     loaded_tokenizer = load_tokenizer(str(tokenizer_dir), task)
     label_map = LabelMap(names=labels) if labels is not None else LABELS.get(task)
-    settings = PreprocessSettings(
-        task=task,  # type: ignore[arg-type]
-        max_length=_MAX_LENGTH.get(task, 48),
-        stride=16,
-        source_prefix="summarize: " if task == "summarization" else "",
-        labels=label_map,
-        **(preprocessing or {}),
-    )
+    defaults: dict[str, Any] = {
+        "task": task,
+        "max_length": _MAX_LENGTH.get(task, 48),
+        "stride": 16,
+        "source_prefix": "summarize: " if task == "summarization" else "",
+        "labels": label_map,
+        "task_options": _TASK_OPTIONS.get(task, {}),
+    }
+    settings = PreprocessSettings(**{**defaults, **(preprocessing or {})})
     cfg = ModelConfig.model_validate(
         {
             "task": task,

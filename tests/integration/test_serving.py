@@ -41,6 +41,11 @@ EXAMPLES = {
         {"candidate_labels": ["sports", "politics", "cooking"]},
     ),
     "feature-extraction": ("embed", ["a cat sat on the mat", "a dog"], {}),
+    "text-ranking": (
+        "rank",
+        [{"query": "who led the team", "texts": ["Alice Novak led the team.", "It rained.", "a dull film"]}],
+        {"top_n": 2},
+    ),
 }
 
 
@@ -357,3 +362,43 @@ def test_openai_routes(server):
 def in_process_generation(server: str, prompt: str, tokens: int) -> str:
     body = {"inputs": prompt, "parameters": {"max_new_tokens": tokens, "return_full_text": False}}
     return str(post(server, "/gen/predict", body).json()[0]["generated_text"])
+
+
+RANK_QUERY = "who founded the team"
+RANK_TEXTS = ["Alice Novak founded the team in 1990.", "It rained on Tuesday.", "The team plays in Toronto."]
+
+
+def test_rerank_answers_as_predict_does_in_the_shape_rerank_clients_read(server):
+    documents = [RANK_TEXTS[0], {"text": RANK_TEXTS[1]}, RANK_TEXTS[2]]
+    reply = post(
+        server, "/v1/rerank", {"model": "rank", "query": RANK_QUERY, "documents": documents, "top_n": 2}
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert set(body) == {"id", "model", "results", "usage"} and body["model"] == "rank"
+    predicted = post(server, "/rank/predict", {"inputs": {"query": RANK_QUERY, "texts": RANK_TEXTS}}).json()
+    assert [r["index"] for r in body["results"]] == [p["index"] for p in predicted[:2]]
+    assert close([r["relevance_score"] for r in body["results"]], [p["score"] for p in predicted[:2]])
+    assert [r["document"] for r in body["results"]] == [
+        {"text": RANK_TEXTS[r["index"]]} for r in body["results"]
+    ]
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+    bare = post(server, "/v1/rerank", {"model": "rank", "query": RANK_QUERY, "documents": RANK_TEXTS,
+                                         "return_documents": False}).json()  # fmt: skip
+    assert len(bare["results"]) == 3 and all(set(r) == {"index", "relevance_score"} for r in bare["results"])
+    scores = [r["relevance_score"] for r in bare["results"]]
+    assert scores == sorted(scores, reverse=True)
+    not_a_ranker = _error(post(server, "/v1/rerank", {"model": "gen", "query": "x", "documents": ["y"]}), 422)
+    assert not_a_ranker["field"] == "model" and "rank" in not_a_ranker["message"]
+    assert _error(post(server, "/v1/rerank", {"model": "nope", "query": "x", "documents": ["y"]}), 404)
+    assert _error(post(server, "/v1/rerank", {"model": "rank", "query": "x", "documents": []}), 422)
+
+
+def test_a_ranking_checkpoint_scores_over_http_as_the_transformers_pipeline_does(server, tiny_checkpoint):
+    from transformers import pipeline
+
+    scorer = pipeline("text-classification", model=str(tiny_checkpoint("text-ranking")), device="cpu")
+    theirs = scorer([{"text": RANK_QUERY, "text_pair": t} for t in RANK_TEXTS], function_to_apply="none")
+    body = {"inputs": {"query": RANK_QUERY, "texts": RANK_TEXTS}, "parameters": {"raw_scores": True}}
+    ours = {a["index"]: a["score"] for a in post(server, "/rank/predict", body).json()}
+    assert close([ours[i] for i in range(len(RANK_TEXTS))], [t["score"] for t in theirs])

@@ -64,7 +64,7 @@ def test_committed_samples_equal_a_fresh_generation(samples: Path) -> None:
 
 
 def test_samples_stay_small(samples: Path) -> None:
-    assert sum(len(content) for content in _tree(samples).values()) < 3_000_000
+    assert sum(len(content) for content in _tree(samples).values()) < 3_400_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
@@ -171,3 +171,37 @@ def test_readme_lists_every_set(samples: Path) -> None:
     assert "python -m rayformers.data.sample_sets" in readme
     for name, (train, validation) in EXPECTED_COUNTS.items():
         assert f"| `{name}/` |" in readme and f"| {train} | {validation} |" in readme
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_ranking_queries_bring_one_answer_among_eight_worded_unlike_its_question(
+    samples: Path, split: str
+) -> None:
+    import re
+
+    from rayformers.data.sample_sets import RANKING_QUERIES
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"\w+", text.lower()))
+
+    rows = _rows(samples, "ranking", split)
+    lists = [rows[i : i + 8] for i in range(0, len(rows), 8)]  # written one question's list at a time
+    assert len(lists) == RANKING_QUERIES[split == "validation"]
+    outranked = 0
+    for group in lists:
+        assert len({r["query"] for r in group}) == 1
+        assert Counter(r["label"] for r in group) == Counter({0: 6, 1: 1, 2: 1})
+        assert all(r["relevant"] == int(r["label"] == 2) for r in group)
+        asked = words(group[0]["query"])
+        answer = len(asked & words(next(r["document"] for r in group if r["label"] == 2)))
+        distractor = max(len(asked & words(r["document"])) for r in group if r["label"] == 0)
+        assert distractor >= answer, group  # word overlap never finds the answer first
+        outranked += distractor > answer
+    assert outranked >= 0.85 * len(lists)  # ... and mostly ranks a distractor above it
+
+
+def test_ranking_validation_never_asks_for_a_trained_answer(samples: Path) -> None:
+    trained = {r["document"] for r in _rows(samples, "ranking", "train") if r["label"] == 2}
+    assert not [
+        r for r in _rows(samples, "ranking", "validation") if r["label"] == 2 and r["document"] in trained
+    ]

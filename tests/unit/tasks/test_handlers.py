@@ -38,6 +38,16 @@ CASES: dict[str, tuple[list[Any], dict[str, Any]]] = {
         {"candidate_labels": ["sports", "politics", "food"]},
     ),
     "feature-extraction": (["a cat sat on the mat", "hello world", ""], {}),
+    "text-ranking": (
+        [
+            {
+                "query": "who works at acme",
+                "texts": ["alice smith works at acme in paris", "a dog", "it rains"],
+            },
+            {"query": "the cat", "texts": ["the cat sat on the mat"]},
+        ],
+        {"top_n": 2},
+    ),
 }
 
 # The train-mode row each task's first input corresponds to (token-id parity).
@@ -57,6 +67,11 @@ TRAIN_ROWS: dict[str, dict[str, list[Any]]] = {
     "summarization": {"text": [CASES["summarization"][0][0]], "target": ["A budget."]},
     "translation": {"text": ["the cat sat on the mat"], "target": ["le chat"]},
     "feature-extraction": {"text": ["a cat sat on the mat"], "text_pair": ["the cat"]},
+    "text-ranking": {
+        "query": ["who works at acme"] * 3,
+        "document": CASES["text-ranking"][0][0]["texts"],
+        "label": [2, 0, 0],
+    },
 }
 
 
@@ -143,6 +158,7 @@ def test_unknown_parameter_is_named(handlers, task):
         ("summarization", {"num_beams": 0}),
         ("zero-shot-classification", {"hypothesis_template": "no slot", "candidate_labels": ["a"]}),
         ("feature-extraction", {"pooling": "max"}),
+        ("text-ranking", {"top_n": 0}),
     ],
 )
 def test_bad_parameter_values_are_validation_errors(handlers, task, bad):
