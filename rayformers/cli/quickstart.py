@@ -9,6 +9,7 @@ everything down (or keep serving). Stages are imported inside, as in the CLI.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -85,7 +86,8 @@ def run_quickstart(workdir: Path, *, port: int = 8000, keep_serving: bool = Fals
         ],
     )
     with connect(cfg.cluster) as session:
-        _say(1, f"training a WordPiece tokenizer on {cfg.data.train.path} (streamed with Ray Data)")
+        shown = os.path.relpath(str(cfg.data.train.path))
+        _say(1, f"training a WordPiece tokenizer on {shown} (streamed with Ray Data)")
         train_tokenizer(
             stream_texts(cfg.data, cfg.model.task), tokenizer_dir, model_max_length=cfg.data.max_length
         )
