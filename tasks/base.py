@@ -44,7 +44,7 @@ prompt, with usage and streaming), `embed` (OpenAI embeddings: one vector per te
 
 class Task:
     """One task: its data, model, training and serving behaviour. Subclasses set the class attributes
-    and implement `preprocess`; every other method has a default that fits most tasks."""
+    (`preprocess` and `evaluator_class` among them); every method has a default that fits most tasks."""
 
     name: ClassVar[str]
     summary: ClassVar[str]

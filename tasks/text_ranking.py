@@ -3,18 +3,20 @@ and sentence-pair similarity), reading query and text together.
 
 Training rows are (`query`, `document`, `label`) with a numeric relevance. The model is a sequence
 classifier with one output (`num_labels=1`): with binary labels (every label 0 or 1) it learns with
-binary cross-entropy and serves `sigmoid(logit)` as a probability of relevance; with graded labels (any
-other numbers: 0-3 grades, similarity scores) it regresses them with mean squared error and serves the
-raw output on the labels' scale. Which one is decided from the training labels and recorded in the
-manifest (`task_options.relevance`) and in the model config (`problem_type`), so that
-`pipeline("text-classification", model=DIR)` applies the same function by default.
+binary cross-entropy, and the sigmoid of its output is a probability of relevance; with graded labels
+(any other numbers: 0-3 grades, similarity scores) it regresses them with mean squared error. Which one
+is decided from the training labels and recorded in the manifest (`task_options.relevance`) and in the
+model config (`problem_type`), so that `pipeline("text-classification", model=DIR)` and a request's
+`function_to_apply: auto` turn the output into a probability exactly for binary relevance.
 
 Evaluation reports Pearson and Spearman correlation of the scores with the labels over the whole split,
 and, when queries come with lists of documents, NDCG@10 and MRR@10 per query; the list metrics rank
 checkpoints when training queries have several documents each, Spearman otherwise.
 
 Serving takes `{"query": ..., "texts": [...]}` and answers `[{"index", "score"}]`, best first (the shape
-TEI's `/rerank` returns); the `rerank` capability puts the app behind `/v1/rerank` too.
+TEI's `/rerank` returns); the score is the model's own output, as
+`pipeline("text-classification", model=DIR, function_to_apply="none")` gives it, unless the request asks
+for a probability (`function_to_apply`). The `rerank` capability puts the app behind `/v1/rerank` too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -71,10 +73,11 @@ class RankingParameters(ParametersModel):
         default=None, ge=1, description="Return only the n best texts (all when unset)."
     )
     return_text: bool = Field(default=False, description="Include each text in its result.")
-    raw_scores: bool = Field(
-        default=False,
-        description="The model's raw output instead of its relevance (for binary relevance, the logit "
-        "before the sigmoid; graded relevance is served raw either way).",
+    function_to_apply: Literal["none", "sigmoid", "auto"] = Field(
+        default="none",
+        description="How the model's output becomes a score: none, the output itself (the logit for binary "
+        "relevance; what `pipeline(..., function_to_apply='none')` gives); sigmoid, a probability; auto, "
+        "sigmoid for binary relevance and the output for graded (the pipeline's default).",
     )
 
 
@@ -183,17 +186,21 @@ def relevance_loss(logits: torch.Tensor, labels: torch.Tensor, settings: Preproc
     return torch.nn.functional.binary_cross_entropy_with_logits(predicted, target)
 
 
-def _relevance(logits: torch.Tensor, settings: PreprocessSettings, model_config: Any) -> torch.Tensor:
-    """Each pair's relevance: sigmoid(logit) for binary relevance, the raw output for graded; a plain
-    two-label Hugging Face cross-encoder scores the probability of its last label."""
+def _scores(
+    logits: torch.Tensor, function: str, settings: PreprocessSettings, model_config: Any
+) -> torch.Tensor:
+    """One score per pair, as `function` says (see `RankingParameters.function_to_apply`). A plain
+    Hugging Face cross-encoder with two labels scores its last label: the logit, or its probability."""
     logits = logits.float()
+    if function == "auto":
+        binary = settings.task_options.get("relevance") == "binary" or (
+            "relevance" not in settings.task_options
+            and getattr(model_config, "problem_type", None) != "regression"
+        )
+        function = "sigmoid" if binary else "none"
     if logits.shape[-1] > 1:
-        return logits.softmax(-1)[..., -1]
-    graded = settings.task_options.get("relevance", "") == "graded" or (
-        "relevance" not in settings.task_options
-        and getattr(model_config, "problem_type", None) == "regression"
-    )
-    return logits[..., 0] if graded else logits[..., 0].sigmoid()
+        return logits.softmax(-1)[..., -1] if function == "sigmoid" else logits[..., -1]
+    return logits[..., 0].sigmoid() if function == "sigmoid" else logits[..., 0]
 
 
 class RankingEvaluator(Evaluator):
@@ -241,11 +248,7 @@ class TextRankingHandler(Handler):
             }
         )
         logits = self.forward(self.to_batch(columns)).logits
-        scores = (
-            logits.float()[..., 0]
-            if parameters.raw_scores
-            else _relevance(logits, self.settings, self.model.config)
-        )
+        scores = _scores(logits, parameters.function_to_apply, self.settings, self.model.config)
         flat, results, start = scores.cpu().tolist(), [], 0
         for x in inputs:
             end = start + len(x.texts)

@@ -399,6 +399,6 @@ def test_a_ranking_checkpoint_scores_over_http_as_the_transformers_pipeline_does
 
     scorer = pipeline("text-classification", model=str(tiny_checkpoint("text-ranking")), device="cpu")
     theirs = scorer([{"text": RANK_QUERY, "text_pair": t} for t in RANK_TEXTS], function_to_apply="none")
-    body = {"inputs": {"query": RANK_QUERY, "texts": RANK_TEXTS}, "parameters": {"raw_scores": True}}
+    body = {"inputs": {"query": RANK_QUERY, "texts": RANK_TEXTS}}
     ours = {a["index"]: a["score"] for a in post(server, "/rank/predict", body).json()}
     assert close([ours[i] for i in range(len(RANK_TEXTS))], [t["score"] for t in theirs])

@@ -92,8 +92,8 @@ def test_the_trained_checkpoint_scores_as_the_transformers_pipeline_does(runs):
     scorer = pipeline("text-classification", model=directory, device="cpu")
     handler = build_handler(load_checkpoint(directory))
     inputs = [{"query": group[0]["query"], "texts": [r["document"] for r in group]}]
-    for parameters, function in (({}, None), ({"raw_scores": True}, "none")):
-        # The checkpoint's problem_type makes the pipeline apply the sigmoid by default, as serving does.
+    for parameters, function in (({}, "none"), ({"function_to_apply": "auto"}, None)):
+        # The checkpoint's problem_type makes the pipeline's default the sigmoid, as serving's `auto`.
         theirs = scorer(pairs, **({"function_to_apply": function} if function else {}))
         (ours,) = handler.predict(inputs, parameters)
         by_index = {a["index"]: a["score"] for a in ours}

@@ -135,19 +135,28 @@ def test_each_input_gets_its_texts_ranked_best_first(handler):
     assert [a["index"] for a in top] == [a["index"] for a in first[:2]] and set(top[0]) == {"index", "score"}
 
 
-def test_binary_relevance_is_served_as_a_probability(tiny_checkpoint):
+def test_scores_are_the_models_output_unless_a_probability_is_asked_for(tiny_checkpoint):
     binary = tiny_checkpoint(
         "text-ranking", preprocessing={"task_options": {"relevance": "binary", "lists": True}}
     )
     handler = build_handler(load_checkpoint(str(binary)))
     assert handler.model.config.problem_type == "multi_label_classification"
-    scores = {a["index"]: a["score"] for a in handler.predict([{"query": QUERY, "texts": TEXTS}])[0]}
-    raw = {
-        a["index"]: a["score"]
-        for a in handler.predict([{"query": QUERY, "texts": TEXTS}], {"raw_scores": True})[0]
-    }
-    assert scores == pytest.approx({i: 1 / (1 + math.exp(-r)) for i, r in raw.items()}, abs=1e-6)
+
+    def scores(**parameters) -> dict[int, float]:
+        return {
+            a["index"]: a["score"] for a in handler.predict([{"query": QUERY, "texts": TEXTS}], parameters)[0]
+        }
+
+    raw = scores()
     assert raw == pytest.approx(dict(enumerate(raw_scores(handler, QUERY, TEXTS))), abs=1e-5)
+    probability = {i: 1 / (1 + math.exp(-r)) for i, r in raw.items()}
+    assert scores(function_to_apply="sigmoid") == pytest.approx(probability, abs=1e-6)
+    assert scores(function_to_apply="auto") == pytest.approx(probability, abs=1e-6)  # binary relevance
+    graded = build_handler(load_checkpoint(str(tiny_checkpoint("text-ranking"))))
+    (ranked,) = graded.predict([{"query": QUERY, "texts": TEXTS}], {"function_to_apply": "auto"})
+    assert [a["score"] for a in ranked] == pytest.approx(
+        sorted(raw_scores(graded, QUERY, TEXTS), reverse=True)
+    )
 
 
 def test_usage_counts_every_pairs_tokens(handler):
