@@ -730,11 +730,12 @@ def serve_config_problems(obj: dict[str, Any]) -> list[Problem]:
                         f"the app's name and route_prefix must be {parsed.name}, /{parsed.name}",
                     )
                 )
-            if pods and not any(parsed.num_cpus <= c and parsed.num_gpus <= g for c, g in pods):
+            cpus = parsed.num_cpus or 1.0  # unset: a replica reserves 1 CPU (and uses every core)
+            if pods and not any(cpus <= c and parsed.num_gpus <= g for c, g in pods):
                 problems.append(
                     Problem(
                         f"{where} {at}",
-                        f"a replica ({parsed.num_cpus:g} CPU, {parsed.num_gpus:g} GPU) fits no worker pod "
+                        f"a replica ({cpus:g} CPU, {parsed.num_gpus:g} GPU) fits no worker pod "
                         f"(CPU/GPU per pod: {', '.join(f'{c:g}/{g:g}' for c, g in pods)})",
                     )
                 )

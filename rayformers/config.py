@@ -345,15 +345,46 @@ class ServeAppConfig(_Section):
         description="Extra LoRA adapters served on the same base, by name -> checkpoint directory.",
     )
     merge_lora: bool = Field(default=False, description="Merge a LoRA checkpoint into its base at load.")
-    max_batch_size: int = Field(default=8, ge=1, description="Most inputs per model call (dynamic batching).")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, description="Longest wait to fill a batch.")
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Most requests answered together (dynamic batching): a batch forms from whatever "
+        "waits while the model works, so a busy replica batches and an idle one answers at once.",
+    )
+    batch_wait_timeout_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Longest a replica waits for more requests before it starts a batch, while fewer wait "
+        "than its last batch held (0: at once; more makes fuller batches at the price of latency). Unset: "
+        "the task's own, 0 for tasks answered in one forward, 100 ms for generation, whose requests end "
+        "together and whose clients' next requests arrive some ms later: waiting for them saves a pass.",
+    )
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        description="Padded tokens one forward may hold: a batch's inputs are sorted by length and cut into "
+        "forwards of at most this many tokens, so short inputs are not padded to the longest. Unset: 512 on "
+        "CPU (where a forward costs what its padded tokens cost, and 512 measured fastest), 16384 on GPU.",
+    )
     max_ongoing_requests: int | None = Field(
-        default=None, ge=1, description="Requests per replica at once; unset: twice max_batch_size."
+        default=None,
+        ge=1,
+        description="Requests a replica works on at once (its batches form from them); unset: twice "
+        "max_batch_size.",
     )
     max_queued_requests: int = Field(
-        default=100, ge=-1, description="Requests queued per caller before 503 (backpressure); -1: unbounded."
+        default=100,
+        ge=-1,
+        description="Requests a replica holds beyond max_ongoing_requests before it answers 503 with "
+        "Retry-After (backpressure); -1: unbounded.",
     )
-    num_cpus: float = Field(default=1.0, gt=0.0, description="CPUs per replica.")
+    num_cpus: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="CPUs each replica reserves, and the torch threads it runs (rounded up). Unset: it "
+        "reserves 1 CPU and runs a thread per core of its node, the fast choice for one app per node; set "
+        "it when apps share nodes.",
+    )
     num_gpus: float = Field(default=0.0, ge=0.0, description="GPUs per replica (fractions share a GPU).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Weights' dtype: 'auto' is float16/bfloat16 on GPU, float32 on CPU."

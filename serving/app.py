@@ -1,6 +1,6 @@
 """Ray Serve application builders and the deploy config that `rayformers serve build` writes.
 
-`build_app(AppArgs)` is one served checkpoint: a FastAPI ingress in front of the model deployment.
+`build_app(AppArgs)` is one served checkpoint: its model deployment, which serves its HTTP routes itself.
 `build_gateway(GatewayArgs)` is the app at `/`: the index, the OpenAI routes and JSON 404s. Both take
 typed arguments, so a config file naming `rayformers.serving.app:build_app` with its `args` works unchanged with
 `serve run FILE`, `serve deploy FILE` and a KubeRay RayService `serveConfigV2`.
@@ -11,7 +11,6 @@ typed arguments, so a config file naming `rayformers.serving.app:build_app` with
 from typing import Any
 
 from ray.serve import Application
-from ray.serve.config import BackpressureConfig
 
 from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
 from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs
@@ -54,32 +53,12 @@ def task_of(args: AppArgs) -> str:
 
 
 def build_app(args: AppArgs) -> Application:
-    """One served checkpoint: `/{name}/predict`, `/{name}/info`, `/{name}/docs`."""
-    from rayformers.serving.ingress import ingress_deployment
-    from rayformers.serving.replica import ModelReplica
+    """One served checkpoint: `/{name}/predict`, `/{name}/info`, `/{name}/docs`, on its model replicas."""
+    from rayformers.serving.ingress import app_deployment
 
     task = get_task(task_of(args))
     args = args.model_copy(update={"task": task.name})
-    auto = args.autoscaling
-    autoscaling: dict[str, Any] = {
-        "min_replicas": auto.min_replicas,
-        "max_replicas": auto.max_replicas,
-        "target_ongoing_requests": auto.target_ongoing_requests,
-        "upscale_delay_s": auto.upscale_delay_s,
-        "downscale_delay_s": auto.downscale_delay_s,
-        "look_back_period_s": auto.look_back_period_s,
-    }
-    if auto.initial_replicas is not None:
-        autoscaling["initial_replicas"] = auto.initial_replicas
-    model = ModelReplica.options(
-        autoscaling_config=autoscaling,
-        # A replica must hold a full batch at once, or batches never fill (Serve's default is 5).
-        max_ongoing_requests=args.max_ongoing_requests or 2 * args.max_batch_size,
-        max_queued_requests=args.max_queued_requests,
-        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
-        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-    ).bind(args.model_dump(mode="json"))
-    return ingress_deployment(args, task).bind(model)  # type: ignore[no-any-return]
+    return app_deployment(args, task).bind(args.model_dump(mode="json"))  # type: ignore[no-any-return]
 
 
 def build_gateway(args: GatewayArgs) -> Application:

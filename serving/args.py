@@ -16,6 +16,16 @@ class AppArgs(ServeAppConfig):
 
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
 
+    @property
+    def ongoing_limit(self) -> int:
+        """Requests a replica works on at once."""
+        return self.max_ongoing_requests or 2 * self.max_batch_size
+
+    @property
+    def admission_limit(self) -> int | None:
+        """Requests a replica holds at once before it answers 503; None: no limit."""
+        return None if self.max_queued_requests < 0 else self.ongoing_limit + self.max_queued_requests
+
 
 class GatewayApp(BaseModel):
     """One app as the gateway knows it: where OpenAI-style `model` names lead."""

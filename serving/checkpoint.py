@@ -342,6 +342,6 @@ def _add_adapter(model: Any, name: str, directory: Path, manifest: CheckpointMan
         ) from None
 
 
-def build_handler(loaded: LoadedModel) -> Handler:
-    """The serving handler of the loaded checkpoint's task."""
-    return loaded.task.handler(loaded)
+def build_handler(loaded: LoadedModel, **options: Any) -> Handler:
+    """The serving handler of the loaded checkpoint's task (`options`: e.g. `max_batch_tokens`)."""
+    return loaded.task.handler(loaded, **options)

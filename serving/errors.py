@@ -15,7 +15,7 @@ from rayformers.errors import UserError
 from rayformers.tasks.checkpoint import CheckpointError
 from rayformers.tasks.handler import InputError
 
-__all__ = ["CheckpointError", "InputError", "ServingError", "UnknownAdapterError"]
+__all__ = ["CheckpointError", "InputError", "OverloadedError", "ServingError", "UnknownAdapterError"]
 
 
 class ServingError(UserError):
@@ -37,3 +37,7 @@ class UnknownAdapterError(ServingError):
 
     def __reduce__(self) -> tuple[type[UnknownAdapterError], tuple[str, list[str]]]:
         return (type(self), (self.name, self.known))
+
+
+class OverloadedError(ServingError):
+    """The replica already holds as many requests as it admits (HTTP 503 with Retry-After)."""

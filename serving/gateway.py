@@ -23,6 +23,7 @@ from ray.serve.exceptions import BackPressureError
 
 from rayformers.serving import openai as oai
 from rayformers.serving.args import GatewayApp, GatewayArgs
+from rayformers.serving.errors import OverloadedError
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model
 from rayformers.serving.responses import ApiError, install
 from rayformers.tasks import get_task
@@ -219,7 +220,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                         elif item.get("usage"):
                             finish = item["usage"]["finish_reason"]
                     yield event(oai.stream_chunk(kind, rid, created, model, None, finish))
-                except BackPressureError:
+                except (BackPressureError, OverloadedError):
                     yield event({"error": {"type": "overloaded", "message": "the app's queue is full",
                                            "retry_after": RETRY_AFTER_S}})  # fmt: skip
                 except Exception as err:  # the stream has begun: the error goes in the stream

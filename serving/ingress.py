@@ -1,14 +1,14 @@
-"""The HTTP front of one served app: `POST /{app}/predict` and `GET /{app}/info` with typed schemas.
+"""The HTTP routes of one served app, on its model replicas: `POST /{app}/predict` and `GET /{app}/info`.
 
-The ingress is a light deployment (no CPU reserved) that validates requests, enforces the limits and
-turns the model replica's answers and Ray Serve's backpressure into HTTP statuses with JSON bodies.
-The request schema is built from the task's own `Input` and `Parameters` (the very models its handler
-validates with; importing a task module imports neither torch nor transformers), so the OpenAPI docs
-at `/{app}/docs` show exactly what the task takes.
+One hop: Serve's proxy hands each request to a model replica, whose FastAPI app validates it, enforces
+the limits, answers it through the replica's batching and turns errors into HTTP statuses with JSON
+bodies. The request schema is built from the task's own `Input` and `Parameters` (the very models its
+handler validates with), so the OpenAPI docs at `/{app}/docs` show exactly what the task takes. The
+gateway's OpenAI routes reach the same replicas through a deployment handle (`call_model`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations, and the request model
-# is a local of `ingress_deployment`.
+# is a local of `app_deployment`.
 from typing import Annotated, Any, Union
 
 from fastapi import FastAPI, Request
@@ -19,15 +19,19 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from rayformers.serving.args import AppArgs
-from rayformers.serving.replica import Reply
+from rayformers.serving.replica import ModelReplica, Reply
 from rayformers.serving.responses import ApiError, install
 from rayformers.tasks.base import Task
 
-__all__ = ["ADAPTER_HEADER", "call_model", "ingress_deployment", "request_model"]
+__all__ = ["ADAPTER_HEADER", "app_deployment", "call_model", "request_model"]
 
 # The header Ray Serve routes multiplexed requests by; it names the LoRA adapter.
 ADAPTER_HEADER = "serve_multiplexed_model_id"
 RETRY_AFTER_S = 1
+# Requests a replica takes from Serve beyond what it admits itself, so that it, not Serve's proxy
+# (whose 503 is plain text), answers the overflow with a JSON 503 and Retry-After.
+_SLACK = 64
+_UNBOUNDED = 100_000
 
 
 def request_model(task: Task, name: str) -> type[BaseModel]:
@@ -47,7 +51,17 @@ def request_model(task: Task, name: str) -> type[BaseModel]:
     )
 
 
-def _reply_error(reply: Reply) -> ApiError:
+def _overloaded() -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        "the app's request queue is full; retry after the delay in Retry-After",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def reply_error(reply: Reply) -> ApiError:
+    """The HTTP error a failed reply becomes."""
     error = reply.error
     assert error is not None
     if error.kind == "input":
@@ -56,31 +70,29 @@ def _reply_error(reply: Reply) -> ApiError:
         return ApiError(
             404, "unknown_adapter", error.message, field=ADAPTER_HEADER, extra={"known": error.known}
         )
+    if error.kind == "overloaded":
+        return _overloaded()
     return ApiError(500, "model_error", f"the model failed on this request: {error.message}")
 
 
 async def call_model(
     model: DeploymentHandle, inputs: list[Any], parameters: dict[str, Any], adapter: str | None
 ) -> Reply:
-    """One request through the model deployment; Serve's backpressure becomes a 503 with Retry-After."""
+    """One request through an app's model deployment (from another deployment); a full replica and
+    Serve's own backpressure become a 503 with Retry-After."""
     try:
         reply: Reply = await model.options(multiplexed_model_id=adapter or "").predict.remote(
             inputs, parameters, adapter
         )
     except BackPressureError:
-        raise ApiError(
-            503,
-            "overloaded",
-            "the app's request queue is full; retry after the delay in Retry-After",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+        raise _overloaded() from None
     if reply.error is not None:
-        raise _reply_error(reply)
+        raise reply_error(reply)
     return reply
 
 
-def ingress_deployment(args: AppArgs, task: Task) -> Any:
-    """The app's FastAPI ingress deployment, for its `task`."""
+def app_deployment(args: AppArgs, task: Task) -> Any:
+    """The app's model deployment, serving its HTTP routes itself."""
     app = FastAPI(
         title=f"rayformers: {args.name}",
         description=f"{task.name} served by rayformers from {args.checkpoint}",
@@ -91,12 +103,9 @@ def ingress_deployment(args: AppArgs, task: Task) -> Any:
     max_inputs = args.max_inputs_per_request
 
     @serve.ingress(app)
-    class Ingress:
-        def __init__(self, model: DeploymentHandle) -> None:
-            self.model = model
-
+    class Model(ModelReplica):
         @app.post("/predict", summary=f"Run {task.name} on one input or a list of inputs.")
-        async def predict(self, body: body_model, request: Request) -> JSONResponse:  # type: ignore[valid-type]
+        async def predict_route(self, body: body_model, request: Request) -> JSONResponse:  # type: ignore[valid-type]
             single = not isinstance(body.inputs, list)  # type: ignore[attr-defined]
             inputs = [body.inputs] if single else list(body.inputs)  # type: ignore[attr-defined]
             if len(inputs) > max_inputs:
@@ -109,29 +118,35 @@ def ingress_deployment(args: AppArgs, task: Task) -> Any:
                     extra={"limit": max_inputs},
                 )
             adapter = request.headers.get(ADAPTER_HEADER) or None
-            reply = await call_model(
-                self.model,
-                [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in inputs],
-                body.parameters.model_dump(mode="json"),  # type: ignore[attr-defined]
-                adapter,
-            )
+            reply = await self.answer(inputs, body.parameters, adapter)  # type: ignore[attr-defined]
+            if reply.error is not None:
+                raise reply_error(reply)
             outputs = reply.outputs[0] if single else reply.outputs
             return JSONResponse(outputs, headers={"X-Batch-Size": str(reply.batch_size)})
 
         @app.get("/info", summary="Task, labels, base model and metrics of the served checkpoint.")
-        async def info(self) -> dict[str, Any]:
-            return await self.model.info.remote()  # type: ignore[no-any-return]
+        async def info_route(self) -> dict[str, Any]:
+            return self.info()
 
+    admitted = args.admission_limit
+    autoscaling: dict[str, Any] = {
+        "min_replicas": args.autoscaling.min_replicas,
+        "max_replicas": args.autoscaling.max_replicas,
+        "target_ongoing_requests": args.autoscaling.target_ongoing_requests,
+        "upscale_delay_s": args.autoscaling.upscale_delay_s,
+        "downscale_delay_s": args.autoscaling.downscale_delay_s,
+        "look_back_period_s": args.autoscaling.look_back_period_s,
+    }
+    if args.autoscaling.initial_replicas is not None:
+        autoscaling["initial_replicas"] = args.autoscaling.initial_replicas
     return serve.deployment(
-        Ingress,
-        name="Ingress",
-        ray_actor_options={"num_cpus": 0},
-        # The ingress only awaits the model: it takes many requests at once and leaves the queueing
-        # (and backpressure) to the model deployment.
-        max_ongoing_requests=1000,
-        autoscaling_config={
-            "min_replicas": 1,
-            "max_replicas": max(1, args.autoscaling.max_replicas),
-            "target_ongoing_requests": 100,
-        },
+        Model,
+        name="Model",
+        autoscaling_config=autoscaling,
+        # The replica admits what it can hold and answers the rest 503 itself, in JSON, at once. Serve
+        # sends it a little more than that (so the overflow reaches it) and queues nothing of its own:
+        # Serve's router counts requests being routed as queued, and would drop them in plain text.
+        max_ongoing_requests=_UNBOUNDED if admitted is None else admitted + _SLACK,
+        max_queued_requests=-1,
+        ray_actor_options={"num_cpus": args.num_cpus or 1.0, "num_gpus": args.num_gpus},
     )

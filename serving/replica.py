@@ -1,31 +1,38 @@
-"""The model deployment of one served app: a task handler behind dynamic batching and LoRA multiplexing.
+"""The model replica of one served app: a task handler behind dynamic batching and LoRA multiplexing.
 
 One replica loads one checkpoint, warms it up before it reports healthy, and answers
-`predict(inputs, parameters, adapter)` calls from the app's HTTP ingress (or the OpenAI gateway).
-Calls are gathered by `@serve.batch`; a batch is split into groups that share an adapter and
-parameters, each group is one handler call (the handler sorts by length to cut padding), and every
-request gets back its own outputs plus the size of the batch it rode in. Model work runs on one
-thread per replica, so adapter switches never interleave and the event loop stays free for health
-checks and new requests.
+`answer(inputs, parameters, adapter)`: from its own HTTP routes (`rayformers.serving.ingress`, one hop
+from Serve's proxy to the model) and, through `predict`, from the gateway's OpenAI routes. Calls are
+gathered into batches: a batch is whatever waited while the model worked (so an idle replica answers
+at once and a busy one batches: `rayformers.serving.batching`), split only by what changes the forward
+(the adapter, and parameters for tasks whose forward depends on them), and each group is one handler
+call that cuts its inputs into length-sorted forwards under the token budget. Every request gets back
+its own outputs plus the size of the batch it rode in. A replica admits `max_ongoing_requests + max_queued_requests` requests at once and
+answers the rest 503 at once, so a client is told to come back instead of waiting without end. Model
+work runs on one thread per replica, so adapter switches never interleave and the event loop stays free
+for health checks and new requests; torch's intra-op threads use the CPUs the replica was given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
+import math
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
 from rayformers.serving.args import AppArgs
-from rayformers.serving.errors import InputError, UnknownAdapterError
+from rayformers.serving.batching import Batcher
+from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
 
-__all__ = ["MAX_ADAPTERS_PER_REPLICA", "ModelReplica", "Reply", "ReplyError"]
+__all__ = ["MAX_ADAPTERS_PER_REPLICA", "ModelReplica", "Reply", "ReplyError", "torch_threads"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,11 +43,11 @@ UNHEALTHY_AFTER = 3
 
 
 class ReplyError(BaseModel):
-    """Why one request failed: its own input, an unknown adapter, or the model."""
+    """Why one request failed: its own input, an unknown adapter, a full replica, or the model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["input", "adapter", "model"]
+    kind: Literal["input", "adapter", "overloaded", "model"]
     message: str
     field: str | None = None
     known: list[str] | None = None
@@ -53,14 +60,16 @@ class Reply(BaseModel):
 
     outputs: list[Any] = []
     usage: list[dict[str, Any]] | None = None
-    """Per input, for generation: prompt/completion tokens and finish reason (OpenAI's `usage`)."""
+    """Per input, where the task counts tokens (generation, ranking): OpenAI's `usage`."""
     batch_size: int = 1
     error: ReplyError | None = None
 
 
-class _Request(BaseModel):
+@dataclass
+class _Request:
     inputs: list[Any]
-    parameters: dict[str, Any]
+    parameters: Any
+    """The handler's validated `Parameters`."""
     adapter: str | None
 
 
@@ -77,9 +86,17 @@ class _AdapterSlot:
             self.loaded.remove_adapter(self.name)
 
 
-@serve.deployment(name="Model")
+def torch_threads(num_cpus: float | None) -> int:
+    """torch's intra-op threads for a replica: the CPUs it reserves (rounded up), or, when it names none,
+    every core its process may run on. Ray itself sets OMP_NUM_THREADS=1 for a 1-CPU actor."""
+    if num_cpus is not None:
+        return max(1, math.ceil(num_cpus))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class ModelReplica:
-    """One replica: checkpoint loaded, handler warmed, batched and multiplexed."""
+    """One replica: checkpoint loaded, handler warmed, batched and multiplexed. Serve wraps it (with its
+    HTTP routes) in `rayformers.serving.ingress.app_deployment`."""
 
     def __init__(self, args: dict[str, Any]) -> None:
         import torch
@@ -87,20 +104,31 @@ class ModelReplica:
         from rayformers.serving.checkpoint import build_handler, load_checkpoint
 
         self.args = AppArgs.model_validate(args)
-        device = "cuda" if self.args.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        on_gpu = self.args.num_gpus > 0 and torch.cuda.is_available()
+        threads = torch_threads(self.args.num_cpus)
+        # torch's intra-op thread count is the calling thread's (OpenMP): set it where the model runs.
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="model", initializer=torch.set_num_threads, initargs=(threads,)
+        )
         self.loaded = load_checkpoint(
             self.args.checkpoint,
             self.args.task,
-            device=device,
+            device="cuda" if on_gpu else "cpu",
             dtype=self.args.dtype,
             merge_lora=self.args.merge_lora,
         )
-        self.handler = build_handler(self.loaded)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.handler.warmup()
+        self.handler = build_handler(self.loaded, max_batch_tokens=self.args.max_batch_tokens)
+        self._pool.submit(self.handler.warmup).result()
         self._failures = 0
-        self._batched.set_max_batch_size(self.args.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self._pending = 0
+        self._admit = self.args.admission_limit
+        self._batcher: Batcher[_Request, Reply] = Batcher(
+            self._batched,
+            self.args.max_batch_size,
+            self.handler.batch_wait_s
+            if self.args.batch_wait_timeout_s is None
+            else self.args.batch_wait_timeout_s,
+        )
         from ray.serve.metrics import Histogram
 
         self._batch_sizes = Histogram(
@@ -109,16 +137,23 @@ class ModelReplica:
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
             tag_keys=("app",),
         )
-        self._batch_sizes.set_default_tags({"app": self.args.name})
+        self._batch_tokens = Histogram(
+            "rayformers_batch_tokens",
+            description="Padded tokens the forwards of one batch held.",
+            boundaries=[64, 256, 1024, 4096, 16384, 65536],
+            tag_keys=("app",),
+        )
+        for metric in (self._batch_sizes, self._batch_tokens):
+            metric.set_default_tags({"app": self.args.name})
 
     def info(self) -> dict[str, Any]:
         """Task, labels, base model, metrics: what `GET /{app}/info` shows."""
         return {"app": self.args.name, **self.loaded.info(), "adapters": sorted(self.args.adapters)}
 
-    def count_tokens(self, texts: list[str], special: bool = True) -> list[int]:
+    def count_tokens(self, texts: list[str]) -> list[int]:
         """Token counts, for OpenAI `usage`."""
         tokenizer = self.loaded.tokenizer
-        return [len(tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
+        return [len(tokenizer(t)["input_ids"]) for t in texts]
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """Chat messages as this model's prompt (its chat template, if it has one)."""
@@ -138,97 +173,130 @@ class ModelReplica:
         return _AdapterSlot(self.loaded, name)
 
     async def predict(self, inputs: list[Any], parameters: dict[str, Any], adapter: str | None) -> Reply:
+        """`answer`, for callers that reach the replica through a deployment handle (the gateway)."""
+        return await self.answer(inputs, parameters, adapter)
+
+    async def answer(self, inputs: list[Any], parameters: Any, adapter: str | None) -> Reply:
         """Answer one request's inputs (batched with other callers' requests)."""
         if adapter and adapter not in self.args.adapters:
             error = UnknownAdapterError(adapter, sorted(self.args.adapters))
             return Reply(error=ReplyError(kind="adapter", message=str(error), known=error.known))
-        if adapter:
-            await self._adapter(adapter)
-        return await self._batched(_Request(inputs=inputs, parameters=parameters, adapter=adapter))
+        try:
+            params = self.handler.parse_parameters(parameters)
+        except ValidationError as err:
+            first = err.errors()[0]
+            message = f"parameters.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+            return Reply(error=ReplyError(kind="input", message=message, field="parameters"))
+        if self._admit is not None and self._pending >= self._admit:
+            message = (
+                f"the replica already holds {self._pending} requests; retry after the delay in Retry-After"
+            )
+            return Reply(error=ReplyError(kind="overloaded", message=message))
+        self._pending += 1
+        try:
+            if adapter:
+                await self._adapter(adapter)
+            return await self._batcher.submit(_Request(inputs=inputs, parameters=params, adapter=adapter))
+        finally:
+            self._pending -= 1
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, requests: list[_Request]) -> list[Reply]:
         self._batch_sizes.observe(len(requests))
         groups: dict[tuple[str | None, str], list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault((request.adapter, json.dumps(request.parameters, sort_keys=True)), []).append(i)
+            groups.setdefault((request.adapter, self.handler.forward_key(request.parameters)), []).append(i)
         replies: list[Reply | None] = [None] * len(requests)
         loop = asyncio.get_running_loop()
+        padded = 0
         for (adapter, _), members in groups.items():
             group = [requests[i] for i in members]
-            answered = await loop.run_in_executor(self._pool, self._run_group, group, adapter)
+            answered, tokens = await loop.run_in_executor(self._pool, self._run_group, group, adapter)
+            padded += tokens
             for i, reply in zip(members, answered, strict=True):
                 replies[i] = reply.model_copy(update={"batch_size": len(requests)})
+        if padded:
+            self._batch_tokens.observe(padded)
         return [
             r if r is not None else Reply(error=ReplyError(kind="model", message="lost")) for r in replies
         ]
 
-    def _run_group(self, group: list[_Request], adapter: str | None) -> list[Reply]:
-        """One handler call for requests that share parameters and adapter; if it fails on input, each
-        request is answered alone so one bad input never costs the others their answers."""
-        try:
-            parameters = self.handler.Parameters.model_validate(group[0].parameters)
-        except ValidationError as err:
-            first = err.errors()[0]
-            message = f"parameters.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-            return [Reply(error=ReplyError(kind="input", message=message, field="parameters"))] * len(group)
-        flat = [x for request in group for x in request.inputs]
-        usage: list[dict[str, Any]] | None = None
+    def _run_group(self, group: list[_Request], adapter: str | None) -> tuple[list[Reply], int]:
+        """One handler call for requests that can share forwards; if it fails on input, each request is
+        answered alone so one bad input never costs the others their answers. Also returns the padded
+        tokens its forwards held."""
         try:
             with self.loaded.using(adapter):
-                if hasattr(self.handler, "predict_with_usage"):
-                    outputs, counted = self.handler.predict_with_usage(flat, parameters)
-                    usage = [dataclasses.asdict(u) for u in counted]
-                else:
-                    outputs = self.handler.predict(flat, parameters)
+                outputs, usage = self.handler.predict_many_with_usage(
+                    [(r.inputs, r.parameters) for r in group]
+                )
         except InputError as err:
             if len(group) == 1:
-                return [Reply(error=ReplyError(kind="input", message=str(err), field=err.field))]
-            return [reply for request in group for reply in self._run_group([request], adapter)]
+                return [Reply(error=ReplyError(kind="input", message=str(err), field=err.field))], 0
+            alone = [self._run_group([request], adapter) for request in group]
+            return [replies[0] for replies, _ in alone], sum(tokens for _, tokens in alone)
         except Exception as err:  # a model failure: answer 500, keep serving, count it for health
             self._failures += 1
-            logger.exception("model failure on %d inputs", len(flat))
-            return [Reply(error=ReplyError(kind="model", message=f"{type(err).__name__}: {err}"))] * len(
-                group
-            )
+            logger.exception("model failure on %d requests", len(group))
+            failed = Reply(error=ReplyError(kind="model", message=f"{type(err).__name__}: {err}"))
+            return [failed] * len(group), 0
         self._failures = 0
-        replies, start = [], 0
-        for request in group:
-            end = start + len(request.inputs)
-            replies.append(Reply(outputs=outputs[start:end], usage=usage[start:end] if usage else None))
-            start = end
-        return replies
+        replies = [
+            Reply(
+                outputs=answer,
+                usage=[dataclasses.asdict(u) for u in counted]
+                if counted and counted[0] is not None
+                else None,
+            )
+            for answer, counted in zip(outputs, usage, strict=True)
+        ]
+        return replies, self.handler.stats.padded_tokens
 
     async def stream(
         self, text: str, parameters: dict[str, Any], adapter: str | None
     ) -> AsyncIterator[dict[str, Any]]:
         """`{"delta": text}` items of one generation as they are produced, then `{"usage": {...}}`
-        (text-generation apps)."""
-        if adapter and adapter not in self.args.adapters:
-            raise UnknownAdapterError(adapter, sorted(self.args.adapters))
-        if adapter:
-            await self._adapter(adapter)
-        params = self.handler.Parameters.model_validate(parameters)
+        (text-generation apps). A stream is a request like any other: admitted, batched with the
+        requests that decode alike, so concurrent streams are generated together, a token of each per
+        step, and the model thread is never held by one of them."""
+        from rayformers.tasks.text_generation import TokenSink
+
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        sink = TokenSink(lambda delta: loop.call_soon_threadsafe(deltas.put_nowait, delta), lambda end: None)
+        try:
+            params = self.handler.parse_parameters(parameters).streaming_to(sink)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise InputError(f"parameters.{'.'.join(str(p) for p in first['loc'])}", first["msg"]) from None
+        answer = asyncio.ensure_future(self.answer([text], params, adapter))
+        try:
+            while not answer.done() or not deltas.empty():
+                if deltas.empty():
+                    waiting = asyncio.ensure_future(deltas.get())
+                    await asyncio.wait({waiting, answer}, return_when=asyncio.FIRST_COMPLETED)
+                    if not waiting.done():
+                        waiting.cancel()
+                        continue
+                    pieces = [waiting.result()]
+                else:
+                    pieces = []
+                while not deltas.empty():  # what arrived meanwhile goes as one item
+                    pieces.append(deltas.get_nowait())
+                yield {"delta": "".join(pieces)}
+            reply = answer.result()
+            if reply.error is not None:
+                raise _stream_error(reply.error, adapter)
+            yield {"usage": reply.usage[0] if reply.usage else None}
+        finally:
+            sink.cancelled.set()  # the client left: its row stops at the next token, the batch goes on
 
-        def produce() -> None:
-            try:
-                with self.loaded.using(adapter):
-                    stream = self.handler.stream(text, params)
-                    for delta in stream:
-                        loop.call_soon_threadsafe(queue.put_nowait, ("delta", {"delta": delta}))
-                usage = dataclasses.asdict(stream.usage) if stream.usage is not None else None
-                loop.call_soon_threadsafe(queue.put_nowait, ("delta", {"usage": usage}))
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except Exception as err:
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
 
-        self._pool.submit(produce)
-        while True:
-            kind, value = await queue.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
+def _stream_error(error: ReplyError, adapter: str | None) -> Exception:
+    """A failed stream's reply as the exception the gateway turns into an error event."""
+    if error.kind == "adapter":
+        return UnknownAdapterError(adapter or "", error.known or [])
+    if error.kind == "input":
+        return InputError(error.field or "inputs", error.message)
+    if error.kind == "overloaded":
+        return OverloadedError(error.message)
+    return RuntimeError(error.message)

@@ -1,5 +1,6 @@
-"""The app builders without Ray running: what each deployment asks Ray Serve for (GPU placement,
-batching-consistent concurrency, backpressure, autoscaling), and the deploy config `serve build` writes."""
+"""The app builders without Ray running: what each deployment asks Ray Serve for (GPU placement, one hop
+from the proxy to the model, admission above the batch size, backpressure, autoscaling), the torch threads
+a replica runs, and the deploy config `serve build` writes."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from rayformers.serving.errors import CheckpointError
 
 
 def model_deployment(app):
-    ingress = app._bound_deployment
-    return ingress, ingress.init_args[0]._bound_deployment
+    return app._bound_deployment
 
 
-def test_a_gpu_app_asks_for_its_gpu_fraction_and_the_ingress_for_nothing(tiny_checkpoint):
+def test_a_gpu_app_asks_for_its_gpu_fraction_and_serves_its_routes_itself(tiny_checkpoint):
     args = AppArgs(
         name="gpu",
         checkpoint=str(tiny_checkpoint("text-classification")),
@@ -25,13 +25,21 @@ def test_a_gpu_app_asks_for_its_gpu_fraction_and_the_ingress_for_nothing(tiny_ch
         num_cpus=2,
         dtype="float16",
     )
-    ingress, model = model_deployment(build_app(args))
-    assert model.ray_actor_options == {"num_cpus": 2.0, "num_gpus": 0.5}
-    assert ingress.ray_actor_options == {"num_cpus": 0}
+    model = model_deployment(build_app(args))
+    assert model.name == "Model" and model.ray_actor_options == {"num_cpus": 2.0, "num_gpus": 0.5}
+    # One hop: the model deployment is the app's HTTP ingress, with no deployment in front of it.
+    assert not [a for a in model.init_args if hasattr(a, "_bound_deployment")]
+    replica = model.func_or_class
+    assert hasattr(replica, "_run_asgi_lifespan_startup")  # a Serve ASGI ingress ...
+    assert callable(replica.predict_route) and callable(replica.predict)  # ... and the model itself
     assert model.init_args[0]["dtype"] == "float16" and model.init_args[0]["task"] == "text-classification"
+    cpu = model_deployment(build_app(AppArgs(name="cpu", checkpoint=args.checkpoint)))
+    assert cpu.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.0}
 
 
-def test_concurrency_follows_the_batch_size_and_backpressure_answers_503_with_retry_after(tiny_checkpoint):
+def test_a_replica_admits_its_batches_and_its_queue_and_answers_the_rest_itself(
+    tiny_checkpoint,
+):
     args = AppArgs(
         name="b",
         checkpoint=str(tiny_checkpoint("text-classification")),
@@ -39,10 +47,10 @@ def test_concurrency_follows_the_batch_size_and_backpressure_answers_503_with_re
         max_queued_requests=7,
         autoscaling={"min_replicas": 0, "max_replicas": 3, "upscale_delay_s": 1, "look_back_period_s": 5},
     )
-    _, model = model_deployment(build_app(args))
-    config = model._deployment_config
-    assert config.max_ongoing_requests == 32 and config.max_queued_requests == 7
-    assert config.backpressure_config.status_code == 503 and config.backpressure_config.retry_after_s == 1
+    assert (args.ongoing_limit, args.admission_limit) == (32, 39)
+    config = model_deployment(build_app(args))._deployment_config
+    # The replica answers beyond 39 itself (a JSON 503): Serve sends it more, and queues nothing itself.
+    assert config.max_ongoing_requests > 39 and config.max_queued_requests == -1
     auto = config.autoscaling_config
     assert (auto.min_replicas, auto.max_replicas, auto.upscale_delay_s, auto.look_back_period_s) == (
         0,
@@ -50,6 +58,17 @@ def test_concurrency_follows_the_batch_size_and_backpressure_answers_503_with_re
         1,
         5,
     )
+    unbounded = AppArgs(name="u", checkpoint=args.checkpoint, max_queued_requests=-1)
+    assert unbounded.admission_limit is None
+
+
+def test_torch_threads_follow_the_cpus_a_replica_reserves(monkeypatch):
+    import os
+
+    from rayformers.serving.replica import torch_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert (torch_threads(None), torch_threads(2), torch_threads(0.5), torch_threads(1.5)) == (4, 2, 1, 2)
 
 
 def test_a_batch_that_could_never_fill_is_refused():

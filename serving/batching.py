@@ -1,0 +1,91 @@
+"""Dynamic batching that forms a batch when the model is free, not when the first request arrives.
+
+Ray Serve's `@serve.batch` closes a batch as soon as its wait ends and then queues it behind the running
+one: with a short wait, a busy replica runs a string of one-request batches (measured: batch sizes of 1
+to 3 at 8 concurrent callers of a 40 ms model, and 26 requests/s where 200 were possible). Here one loop
+per replica takes a batch only once the previous one is done, so whatever arrived meanwhile rides
+together: an idle replica answers at once, a busy one batches up to `max_batch_size`.
+
+With a wait (`wait_s`), a batch waits for more requests only while it holds fewer than were in flight
+(queued or running) during the previous batch, and never longer than `wait_s`: requests that ended
+together (generations) come back some ms apart and ride together again instead of splitting into
+groups that take turns, while a lone caller never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["Batcher"]
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """`await submit(item)` answers `item` with the result `run(batch)` gives for it; one `run` at a time."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Awaitable[list[Result]]],
+        max_batch_size: int,
+        wait_s: float = 0.0,
+    ) -> None:
+        self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._peak = 0
+        """Most items in flight since the current batch formed."""
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for the next batch."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, item: Item) -> Result:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._loop(self._queue))
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+        return await future
+
+    async def _loop(self, queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            target = min(self.max_batch_size, self._peak)
+            while len(batch) < self.max_batch_size:
+                if queue.empty():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or len(batch) >= target:
+                        break
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        batch.append(await asyncio.wait_for(queue.get(), left))
+                    continue
+                batch.append(queue.get_nowait())
+            live = [(item, future) for item, future in batch if not future.cancelled()]
+            self._in_flight -= len(batch) - len(live)
+            self._peak = self._in_flight
+            if not live:
+                continue
+            try:
+                results = await self.run([item for item, _ in live])
+            except Exception as err:  # every caller of the batch gets the error, and the loop goes on
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            finally:
+                self._in_flight -= len(live)
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
