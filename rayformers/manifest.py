@@ -30,10 +30,11 @@ __all__ = [
 _VERSIONED = ("rayformers", "ray", "torch", "transformers", "peft", "tokenizers", "datasets", "pyarrow")
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that decide how data is tokenized and models behave."""
+def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
+    """Installed versions of `names`: by default the packages that decide how data is tokenized and
+    models behave."""
     found = {}
-    for name in _VERSIONED:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

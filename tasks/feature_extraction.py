@@ -97,22 +97,34 @@ class EmbeddingEvaluator(Evaluator):
 
 
 class FeatureExtractionHandler(Handler):
-    """Sentence embeddings of texts, in one forward pass."""
+    """Sentence embeddings of texts; requests with other pooling or normalization share the forwards."""
+
+    shares_forward = True
 
     @property
     def default_pooling(self) -> Literal["mean", "cls"]:
         manifest = self.loaded.manifest
         return manifest.pooling if manifest is not None and manifest.pooling else "mean"
 
-    def _predict(self, inputs: list[str], parameters: FeatureExtractionParameters) -> list[Any]:
+    def _predict(self, inputs: list[str], parameters: list[FeatureExtractionParameters]) -> list[Any]:
         import torch
 
-        batch = self.to_batch(self.tokenize({"text": inputs}))
-        hidden = self.forward(batch).last_hidden_state.float()
-        vectors = pool(hidden, batch["attention_mask"], parameters.pooling or self.default_pooling)
-        if parameters.normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        return [[float(x) for x in row] for row in vectors.cpu().tolist()]
+        def pooled(out: Any, rows: list[int]) -> list[dict[str, Any]]:
+            hidden = out.last_hidden_state.float()
+            mask = hidden.new_tensor([[1] * lengths[i] + [0] * (hidden.shape[1] - lengths[i]) for i in rows])
+            means, firsts = pool(hidden, mask, "mean").cpu(), pool(hidden, mask, "cls").cpu()
+            return [{"mean": means[j], "cls": firsts[j]} for j in range(len(rows))]
+
+        columns = self.tokenize({"text": inputs})
+        lengths = [len(ids) for ids in columns["input_ids"]]
+        vectors = self.forward_rows(columns, pooled)
+        outputs = []
+        for by_pooling, params in zip(vectors, parameters, strict=True):
+            vector = by_pooling[params.pooling or self.default_pooling]
+            if params.normalize:
+                vector = torch.nn.functional.normalize(vector, dim=-1)
+            outputs.append([float(x) for x in vector.tolist()])
+        return outputs
 
 
 class FeatureExtraction(Task):

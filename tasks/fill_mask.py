@@ -51,13 +51,15 @@ def tokenize_language_modeling(
 class FillMaskHandler(Handler):
     """Candidates for every mask token; scores are softmax probabilities over the whole vocabulary."""
 
-    def __init__(self, loaded: Any) -> None:
-        super().__init__(loaded)
+    shares_forward = True
+
+    def __init__(self, loaded: Any, **options: Any) -> None:
+        super().__init__(loaded, **options)
         if self.tokenizer.mask_token_id is None:
             raise CheckpointError(f"{loaded.path}: its tokenizer has no mask token, so it cannot fill masks")
         self.warmup_inputs = [f"Hello {self.tokenizer.mask_token}."]
 
-    def _predict(self, inputs: list[str], parameters: FillMaskParameters) -> list[Any]:
+    def _predict(self, inputs: list[str], parameters: list[FillMaskParameters]) -> list[Any]:
         mask, mask_id = self.tokenizer.mask_token, self.tokenizer.mask_token_id
         for i, text in enumerate(inputs):
             if mask not in text:
@@ -74,15 +76,17 @@ class FillMaskHandler(Handler):
                     else f"the tokenizer did not read {mask} as the mask token; write it exactly, with spaces around it"
                 )
                 raise InputError(f"inputs[{i}]", reason)
-        targets = self._target_ids(parameters.targets) if parameters.targets else None
-        logits = self.forward(self.to_batch(columns)).logits
+        masks = [[i for i, t in enumerate(ids) if t == mask_id] for ids in columns["input_ids"]]
+        probabilities = self.forward_rows(
+            columns,
+            lambda out, rows: [out.logits[j, masks[i]].float().softmax(-1).cpu() for j, i in enumerate(rows)],
+        )
         outputs = []
-        for row, ids in enumerate(columns["input_ids"]):
-            positions = [i for i, t in enumerate(ids) if t == mask_id]
-            probabilities = logits[row, positions].float().softmax(-1).cpu()
+        for row, (ids, params) in enumerate(zip(columns["input_ids"], parameters, strict=True)):
+            targets = self._target_ids(params.targets) if params.targets else None
             found = [
-                self._candidates(ids, p, probabilities[j], targets, parameters.top_k)
-                for j, p in enumerate(positions)
+                self._candidates(ids, p, probabilities[row][j], targets, params.top_k)
+                for j, p in enumerate(masks[row])
             ]
             outputs.append(found[0] if len(found) == 1 else found)
         return outputs

@@ -270,37 +270,48 @@ def best_spans(
 
 class QuestionAnsweringHandler(Handler):
     """Answers to {question, context} inputs; long contexts are read in windows of `max_length`
-    tokens overlapping by `stride`, all in one forward pass."""
+    tokens overlapping by `stride`, every window of every input forwarded together."""
 
     warmup_inputs = [{"question": "Who works?", "context": "Alice works in Paris."}]
+    shares_forward = True
 
     def length(self, input: QuestionContext) -> int:
         return len(input.question) + len(input.context)
 
-    def _predict(self, inputs: list[QuestionContext], parameters: QuestionAnsweringParameters) -> list[Any]:
+    def _predict(
+        self, inputs: list[QuestionContext], parameters: list[QuestionAnsweringParameters]
+    ) -> list[Any]:
         self._check_questions(inputs)
         columns = self.tokenize(
             {"question": [x.question for x in inputs], "context": [x.context for x in inputs]}
         )
-        out = self.forward(self.to_batch(columns))
-        starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+        lengths = [len(offsets) for offsets in columns["offset_mapping"]]
+        windows = self.forward_rows(
+            columns,
+            lambda out, rows: [
+                (
+                    out.start_logits[j, : lengths[i]].float().cpu().numpy(),
+                    out.end_logits[j, : lengths[i]].float().cpu().numpy(),
+                )
+                for j, i in enumerate(rows)
+            ],
+        )
         candidates: list[dict[tuple[int, int], float]] = [{} for _ in inputs]
         null = [1.0] * len(inputs)
         for window, example in enumerate(columns["example_index"]):
             offsets = columns["offset_mapping"][window]
-            n = len(offsets)
             context = np.array([s >= 0 for s, _ in offsets])
-            spans, null_score = best_spans(
-                starts[window, :n], ends[window, :n], context, parameters.top_k, parameters.max_answer_len
-            )
+            params = parameters[example]
+            starts, ends = windows[window]
+            spans, null_score = best_spans(starts, ends, context, params.top_k, params.max_answer_len)
             null[example] = min(null[example], null_score)
             for s, e, score in spans:
                 key = (int(offsets[s][0]), int(offsets[e][1]))
                 # Overlapping windows find the same span twice: keep it once, with its best score.
                 candidates[example][key] = max(score, candidates[example].get(key, 0.0))
         return [
-            self._answers(x.context, found, null_score, parameters)
-            for x, found, null_score in zip(inputs, candidates, null, strict=True)
+            self._answers(x.context, found, null_score, params)
+            for x, found, null_score, params in zip(inputs, candidates, null, parameters, strict=True)
         ]
 
     def _check_questions(self, inputs: list[QuestionContext]) -> None:

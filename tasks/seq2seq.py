@@ -96,8 +96,10 @@ class Seq2SeqHandler(Handler):
 
     warmup_parameters = {"max_new_tokens": 2}
 
-    def _predict(self, inputs: list[str], parameters: Seq2SeqParameters) -> list[Any]:
+    def _predict(self, inputs: list[str], parameters: list[Seq2SeqParameters]) -> list[Any]:
         import torch
+
+        parameters = parameters[0]  # type: ignore[assignment] (one generate call: all are the same)
 
         batch = self.to_batch(self.tokenize({"text": inputs}))
         defaults = parameters.model_copy(

@@ -115,7 +115,10 @@ class ClassificationEvaluator(PairEvaluator):
 
 
 class TextClassificationHandler(Handler):
-    """Labels for single texts and sentence pairs; a batch may mix both, in one forward pass."""
+    """Labels for single texts and sentence pairs; a batch may mix both, and requests with different
+    parameters (which only read the scores differently) share its forwards."""
+
+    shares_forward = True
 
     def length(self, input: str | TextPair) -> int:
         return len(input) if isinstance(input, str) else len(input.text) + len(input.text_pair)
@@ -142,29 +145,29 @@ class TextClassificationHandler(Handler):
         for j, i in enumerate(positions):
             rows[i].update({k: v[j] for k, v in columns.items()})
 
-    def _predict(self, inputs: list[str | TextPair], parameters: ClassificationParameters) -> list[Any]:
-        logits = self.forward(self.to_batch(self.encode(inputs))).logits
-        function = parameters.function_to_apply or (
+    def _predict(self, inputs: list[str | TextPair], parameters: list[ClassificationParameters]) -> list[Any]:
+        logits = self.forward_rows(self.encode(inputs), lambda out, rows: list(out.logits.float().cpu()))
+        default = (
             "sigmoid"
             if getattr(self.model.config, "problem_type", None) == "multi_label_classification"
             else "softmax"
         )
-        scores = scores_from_logits(logits, function).cpu().tolist()
         names = self.label_names()
         outputs: list[Any] = []
-        for row in scores:
+        for row, params in zip(logits, parameters, strict=True):
+            scores = scores_from_logits(row, params.function_to_apply or default).tolist()
             ranked = sorted(
                 (
                     {"label": names[i] if i < len(names) else f"LABEL_{i}", "score": float(s)}
-                    for i, s in enumerate(row)
+                    for i, s in enumerate(scores)
                 ),
                 key=lambda r: r["score"],
                 reverse=True,
             )
-            if parameters.top_k == 1:
+            if params.top_k == 1:
                 outputs.append(ranked[0])
             else:
-                outputs.append(ranked if parameters.top_k is None else ranked[: parameters.top_k])
+                outputs.append(ranked if params.top_k is None else ranked[: params.top_k])
         return outputs
 
 

@@ -11,13 +11,14 @@ its usage once exhausted.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from rayformers.data.preprocess import Columns, Mode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
@@ -33,6 +34,7 @@ __all__ = [
     "TextGeneration",
     "TextGenerationHandler",
     "TextStream",
+    "TokenSink",
     "tokenize_causal_lm",
 ]
 
@@ -42,6 +44,18 @@ class GenerationParameters(SamplingParameters):
         default_factory=list, max_length=16, description="Cut the text at the first of these strings."
     )
     return_full_text: bool = Field(default=True, description="Prefix the prompt to the generated text.")
+    _sink: TokenSink | None = PrivateAttr(default=None)
+
+    @property
+    def sink(self) -> TokenSink | None:
+        """Where this request's tokens stream to as they are generated (None: answered whole)."""
+        return self._sink
+
+    def streaming_to(self, sink: TokenSink) -> GenerationParameters:
+        """These parameters, for a request streamed to `sink`."""
+        copy = self.model_copy()
+        copy._sink = sink
+        return copy
 
 
 def tokenize_causal_lm(
@@ -110,50 +124,121 @@ class GenerationUsage:
 
 
 class _Finished:
-    """Marks a row done at end-of-text or a stop string, and remembers after how many new tokens:
-    that count is the usage, and the text is cut there. `cancel` stops every row (client gone)."""
+    """Marks each row done at end-of-text, one of its stop strings, its own token limit, or when its
+    consumer is gone, and remembers after how many new tokens: that count is the usage, and the text is
+    cut there. Rows of one `generate` call may ask for different limits and stops."""
 
     def __init__(
-        self, prompt_length: int, rows: int, eos: set[int], stops: list[str], tokenizer: Any
+        self,
+        prompt_length: int,
+        limits: list[int],
+        stops: list[list[str]],
+        eos: set[int],
+        tokenizer: Any,
+        cancelled: list[threading.Event | None],
     ) -> None:
         self.prompt_length = prompt_length
-        self.finished_at: list[int | None] = [None] * rows
-        self.eos, self.stops, self.tokenizer = eos, stops, tokenizer
-        self.tail = max((len(s) for s in stops), default=0) + 8  # tokens: enough to hold any stop string
-        self.cancel = threading.Event()
+        self.limits, self.stops, self.eos, self.tokenizer = limits, stops, eos, tokenizer
+        self.cancelled = cancelled
+        self.finished_at: list[int | None] = [None] * len(limits)
+        self.stopped = [False] * len(limits)
+        """Ended by end-of-text or a stop string (finish reason "stop"), not by its limit."""
+        # tokens: enough to hold any stop string
+        self.tails = [max((len(x) for x in s), default=0) + 8 for s in stops]
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         new = input_ids[:, self.prompt_length :]
+        count = new.shape[1]
         for row in range(len(new)):
             if self.finished_at[row] is not None:
                 continue
+            cancel = self.cancelled[row]
+            stops = self.stops[row]
             last = int(new[row, -1])
-            tail = new[row, -self.tail :].tolist() if self.stops else []
-            text = self.tokenizer.decode(tail, skip_special_tokens=True) if tail else ""
-            if last in self.eos or any(s in text for s in self.stops):
-                self.finished_at[row] = new.shape[1]
-        done = [f is not None or self.cancel.is_set() for f in self.finished_at]
-        return torch.tensor(done, device=input_ids.device)
+            text = (
+                self.tokenizer.decode(new[row, -self.tails[row] :].tolist(), skip_special_tokens=True)
+                if stops
+                else ""
+            )
+            if last in self.eos or any(s in text for s in stops):
+                self.finished_at[row], self.stopped[row] = count, True
+            elif count >= self.limits[row] or (cancel is not None and cancel.is_set()):
+                self.finished_at[row] = count
+        return torch.tensor([f is not None for f in self.finished_at], device=input_ids.device)
 
 
-class _TokenQueue:
-    """Hands each new token from the generating thread to the consuming one (what `generate` asks of a
-    streamer: `put` and `end`)."""
+class TokenSink:
+    """Where one streamed row's text goes as it is generated: `emit(delta)` for each settled piece of
+    text, then `done(usage)` once. Setting `cancelled` (the client is gone) ends that row's generation
+    at the next token, without touching the other rows of its batch."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[list[int] | None] = queue.Queue()
+    def __init__(
+        self, emit: Callable[[str], None], done: Callable[[GenerationUsage | BaseException], None]
+    ) -> None:
+        self.emit, self.done = emit, done
+        self.cancelled = threading.Event()
+
+
+class _RowDeltas:
+    """Turns one row's new tokens into settled text deltas for its sink; their concatenation is exactly
+    the completion `predict` returns."""
+
+    def __init__(self, handler: TextGenerationHandler, sink: TokenSink, stops: list[str]) -> None:
+        self.handler, self.sink, self.stops = handler, sink, stops
+        self.tokens: list[int] = []
+        self.emitted = ""
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        text, stopped = self.handler.completion(self.tokens, self.stops)
+        safe = text if stopped else _settled(text, self.stops)
+        self._emit(safe)
+
+    def close(self, text: str) -> None:
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        if len(text) > len(self.emitted) and text.startswith(self.emitted):
+            self.sink.emit(text[len(self.emitted) :])
+            self.emitted = text
+
+
+class _BatchStreamer:
+    """What `generate` asks of a streamer (`put`, `end`), for a whole batch: each step's token of each
+    streamed row goes to that row's deltas until the row is finished."""
+
+    def __init__(self, rows: list[_RowDeltas | None], finished: _Finished) -> None:
+        self.rows, self.finished = rows, finished
         self.prompt_seen = False
+        self.step = 0
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first pushes the prompt
             self.prompt_seen = True
             return
-        self.queue.put([int(t) for t in value.reshape(-1)])
+        self.step += 1
+        tokens = value.reshape(-1).tolist()
+        for row, deltas in enumerate(self.rows):
+            end = self.finished.finished_at[row]
+            if deltas is not None and (end is None or self.step <= end):
+                deltas.add(int(tokens[row]))
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
+
+
+def _settled(text: str, stops: list[str]) -> str:
+    """The part of `text` later tokens cannot change: trailing whitespace (decoders may fold it into the
+    next token), an incomplete character, and a partial stop string are held back."""
+    end = len(text.rstrip().rstrip("\ufffd"))
+    for stop in stops:
+        for size in range(min(len(stop) - 1, end), 0, -1):
+            if text[:end].endswith(stop[:size]):
+                end -= size
+                break
+    return text[:end]
 
 
 class TextStream(Iterator[str]):
@@ -172,70 +257,50 @@ class TextStream(Iterator[str]):
 
 
 class TextGenerationHandler(Handler):
-    """Continues each prompt; one `generate` call per predict, prompts left-padded."""
+    """Continues each prompt. Requests that sample alike share one `generate` call, prompts left-padded,
+    each row with its own token limit, stop strings and return_full_text, and, when streamed, its own
+    sink: so concurrent streams are generated together, a token of each per step."""
 
     warmup_parameters = {"max_new_tokens": 2}
+    reports_usage = True
+    # A generation takes seconds and concurrent ones end together, so their clients' next requests
+    # arrive some ms apart: waiting for them (up to 100 ms, only while fewer than the last batch held
+    # are queued) gathers them into one pass instead of two.
+    batch_wait_s = 0.1
 
-    def _predict(self, inputs: list[str], parameters: GenerationParameters) -> list[Any]:
-        return [output for output, _ in self._generate(inputs, parameters)]
+    def forward_key(self, parameters: Any) -> str:
+        """Rows share a `generate` call when they decode alike; limits, stops and return_full_text are
+        per row."""
+        kwargs = parameters.generate_kwargs()
+        kwargs.pop("max_new_tokens")
+        return json.dumps([kwargs, parameters.seed], sort_keys=True)
 
-    def predict_with_usage(
-        self, inputs: list[str], parameters: GenerationParameters | dict[str, Any] | None = None
-    ) -> tuple[list[Any], list[GenerationUsage]]:
-        """`predict`'s outputs and, per input, its token usage and finish reason."""
-        items = self.parse_inputs(inputs)
-        params = self.parse_parameters(parameters)
-        pairs = self.in_length_order(items, lambda batch: self._generate(batch, params))
-        return [o for o, _ in pairs], [u for _, u in pairs]
+    def _predict(self, inputs: list[str], parameters: list[GenerationParameters]) -> list[Any]:
+        return self._generate(inputs, parameters)
 
-    def prompt_ids(self, inputs: list[str], max_new_tokens: int) -> list[list[int]]:
+    def prompt_ids(self, inputs: list[str], max_new_tokens: int | list[int]) -> list[list[int]]:
         """Prompt token ids through the preprocessing function. Two differences from training rows,
         both because a prompt is to be continued: a trailing end-of-text token is dropped, and an
         over-long prompt loses its beginning, not its end (keeping the last `max_length` tokens)."""
         untruncated = self.settings.model_copy(update={"truncation": False})
         rows = self.tokenize({"text": inputs}, untruncated)["input_ids"]
         limit = getattr(self.model.config, "max_position_embeddings", None) or self.settings.max_length + 1024
+        wanted = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(rows)
         prompts = []
-        for i, row in enumerate(rows):
+        for i, (row, new_tokens) in enumerate(zip(rows, wanted, strict=True)):
             if len(row) > 1 and row[-1] == self.tokenizer.eos_token_id:
                 row = row[:-1]
             row = row[-self.settings.max_length :]
             if not row:
                 raise InputError(f"inputs[{i}]", "the prompt is empty and this tokenizer adds no start token")
-            if len(row) + max_new_tokens > limit:
+            if len(row) + new_tokens > limit:
                 raise InputError(
                     "parameters.max_new_tokens",
-                    f"{max_new_tokens} new tokens after a {len(row)}-token prompt exceed the model's {limit} "
+                    f"{new_tokens} new tokens after a {len(row)}-token prompt exceed the model's {limit} "
                     f"positions; ask for at most {limit - len(row)}",
                 )
             prompts.append(row)
         return prompts
-
-    def _start(
-        self, inputs: list[str], parameters: GenerationParameters, streamer: Any = None
-    ) -> tuple[Any, _Finished, int]:
-        """Everything `generate` needs, left-padded (a decoder continues from the right end)."""
-        import torch
-        from transformers import StoppingCriteriaList
-
-        prompts = self.prompt_ids(inputs, parameters.max_new_tokens)
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        eos_ids |= {self.tokenizer.eos_token_id} - {None}
-        finished = _Finished(width, len(prompts), eos_ids, parameters.stop, self.tokenizer)
-        kwargs = {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "pad_token_id": pad,
-            "stopping_criteria": StoppingCriteriaList([finished]),
-            "streamer": streamer,
-            **parameters.generate_kwargs(),
-        }
-        return kwargs, finished, width
 
     def _run(self, kwargs: dict[str, Any], seed: int | None) -> Any:
         import torch
@@ -252,90 +317,97 @@ class TextGenerationHandler(Handler):
         return (text[: min(cuts)], True) if cuts else (text, False)
 
     def _generate(
-        self, inputs: list[str], parameters: GenerationParameters
+        self, inputs: list[str], parameters: list[GenerationParameters]
     ) -> list[tuple[Any, GenerationUsage]]:
-        kwargs, finished, width = self._start(inputs, parameters)
-        sequences = self._run(kwargs, parameters.seed)[:, width:].cpu().tolist()
+        """One `generate` call for every row (left-padded: a decoder continues from the right end)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        limits = [p.max_new_tokens for p in parameters]
+        prompts = self.prompt_ids(inputs, limits)
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids |= {self.tokenizer.eos_token_id} - {None}
+        sinks = [p.sink for p in parameters]
+        stops = [p.stop for p in parameters]
+        finished = _Finished(
+            width, limits, stops, eos_ids, self.tokenizer, [s.cancelled if s else None for s in sinks]
+        )
+        rows = [_RowDeltas(self, s, stop) if s else None for s, stop in zip(sinks, stops, strict=True)]
+        kwargs = {
+            **parameters[0].generate_kwargs(),
+            "max_new_tokens": max(limits),
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pad_token_id": pad,
+            "stopping_criteria": StoppingCriteriaList([finished]),
+            "streamer": _BatchStreamer(rows, finished) if any(sinks) else None,
+        }
+        try:
+            sequences = self._run(kwargs, parameters[0].seed)[:, width:].cpu().tolist()
+        except BaseException as err:
+            for sink in sinks:
+                if sink is not None:
+                    sink.done(err)
+            raise
         results = []
         for row, (text, tokens) in enumerate(zip(inputs, sequences, strict=True)):
-            count = finished.finished_at[row] or len(tokens)
-            new, stopped = self.completion(tokens[:count], parameters.stop)
+            count = finished.finished_at[row] or min(len(tokens), limits[row])
+            new, stopped = self.completion(tokens[:count], stops[row])
             usage = GenerationUsage(
-                prompt_tokens=int(kwargs["attention_mask"][row].sum()),
+                prompt_tokens=len(prompts[row]),
                 completion_tokens=count,
-                finish_reason="stop" if finished.finished_at[row] is not None or stopped else "length",
+                finish_reason="stop" if finished.stopped[row] or stopped else "length",
             )
-            results.append(([{"generated_text": text + new if parameters.return_full_text else new}], usage))
+            deltas = rows[row]
+            if deltas is not None:
+                deltas.close(new)
+                deltas.sink.done(usage)
+            full = parameters[row].return_full_text
+            results.append(([{"generated_text": text + new if full else new}], usage))
         return results
 
     def stream(
         self, input: str, parameters: GenerationParameters | dict[str, Any] | None = None
     ) -> TextStream:
-        """Text deltas of `input`'s completion as they are generated (the prompt is not repeated)."""
-        (text,) = self.parse_inputs([input])
-        params = self.parse_parameters(parameters)
-        tokens = _TokenQueue()
-        kwargs, finished, _ = self._start([text], params, streamer=tokens)
-        stream = TextStream(
-            self._deltas(kwargs, finished, tokens, params, lambda usage: setattr(stream, "usage", usage))
-        )
-        return stream
-
-    def _deltas(
-        self,
-        kwargs: dict[str, Any],
-        finished: _Finished,
-        tokens: _TokenQueue,
-        parameters: GenerationParameters,
-        on_usage: Callable[[GenerationUsage], None],
-    ) -> Generator[str, None, None]:
-        """Runs `generate` in a thread (it blocks) and turns its tokens into settled text deltas."""
+        """Text deltas of `input`'s completion as they are generated (the prompt is not repeated); the
+        in-process form of what a replica does for many streams at once."""
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        sink = TokenSink(lambda delta: events.put(("delta", delta)), lambda end: events.put(("end", end)))
+        params = self.parse_parameters(parameters).streaming_to(sink)
         failure: list[BaseException] = []
 
         def target() -> None:
             try:
-                self._run(kwargs, parameters.seed)
+                self.predict([input], params)
             except BaseException as err:  # re-raised in the consumer, which owns the request
                 failure.append(err)
-                tokens.end()
+                events.put(("end", err))
 
         worker = threading.Thread(target=target, name="rayformers-generate", daemon=True)
-        worker.start()
-        new: list[int] = []
-        emitted = ""
-        try:
-            while (step := tokens.queue.get()) is not None:
-                new.extend(step)
-                text, stopped = self.completion(new, parameters.stop)
-                safe = text if stopped else self._settled(text, parameters.stop)
-                if len(safe) > len(emitted) and safe.startswith(emitted):
-                    yield safe[len(emitted) :]
-                    emitted = safe
-                if stopped:
-                    finished.cancel.set()
-            if failure:
-                raise failure[0]
-            count = finished.finished_at[0] or len(new)
-            text, stopped = self.completion(new[:count], parameters.stop)
-            if len(text) > len(emitted):
-                yield text[len(emitted) :]
-            reason = "stop" if finished.finished_at[0] is not None or stopped else "length"
-            on_usage(GenerationUsage(int(kwargs["attention_mask"][0].sum()), count, reason))
-        finally:
-            finished.cancel.set()
-            worker.join()
 
-    @staticmethod
-    def _settled(text: str, stops: list[str]) -> str:
-        """The part of `text` later tokens cannot change: trailing whitespace (decoders may fold it
-        into the next token), an incomplete character, and a partial stop string are held back."""
-        end = len(text.rstrip().rstrip("\ufffd"))
-        for stop in stops:
-            for size in range(min(len(stop) - 1, end), 0, -1):
-                if text[:end].endswith(stop[:size]):
-                    end -= size
-                    break
-        return text[:end]
+        def deltas() -> Generator[str, None, None]:
+            worker.start()
+            try:
+                while True:
+                    kind, value = events.get()
+                    if kind == "delta":
+                        yield value
+                        continue
+                    if isinstance(value, BaseException):
+                        raise failure[0] if failure else value
+                    stream.usage = value
+                    return
+            finally:
+                sink.cancelled.set()
+                worker.join()
+
+        stream = TextStream(deltas())
+        return stream
 
 
 class CausalLanguageModelEvaluator(LanguageModelEvaluator):

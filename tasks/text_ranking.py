@@ -222,41 +222,34 @@ class TextRankingHandler(Handler):
     """Scores every (query, text) pair of a batch in one forward pass; answers per input, best first."""
 
     warmup_inputs = [{"query": "Who works?", "texts": ["Alice works in Paris.", "It rains."]}]
+    shares_forward = True
+    reports_usage = True
 
     def length(self, input: QueryTexts) -> int:
         return len(input.query) * len(input.texts) + sum(len(t) for t in input.texts)
 
-    def predict_with_usage(
-        self, inputs: list[Any], parameters: RankingParameters | dict[str, Any] | None = None
-    ) -> tuple[list[Any], list[RankingUsage]]:
-        """`predict`'s outputs and the tokens each input cost."""
-        items = self.parse_inputs(inputs)
-        params = self.parse_parameters(parameters)
-        pairs = self.in_length_order(items, lambda batch: self._rank(batch, params))
-        return [o for o, _ in pairs], [u for _, u in pairs]
+    def _predict(self, inputs: list[QueryTexts], parameters: list[RankingParameters]) -> list[Any]:
+        """(answer, usage) per input: every (query, text) pair of every input forwarded together."""
+        import torch
 
-    def _predict(self, inputs: list[QueryTexts], parameters: RankingParameters) -> list[Any]:
-        return [output for output, _ in self._rank(inputs, parameters)]
-
-    def _rank(
-        self, inputs: list[QueryTexts], parameters: RankingParameters
-    ) -> list[tuple[list[dict[str, Any]], RankingUsage]]:
         columns = self.tokenize(
             {
                 "query": [x.query for x in inputs for _ in x.texts],
                 "document": [t for x in inputs for t in x.texts],
             }
         )
-        logits = self.forward(self.to_batch(columns)).logits
-        scores = _scores(logits, parameters.function_to_apply, self.settings, self.model.config)
-        flat, results, start = scores.cpu().tolist(), [], 0
-        for x in inputs:
+        logits = self.forward_rows(columns, lambda out, rows: list(out.logits.float().cpu()))
+        results, start = [], 0
+        for x, params in zip(inputs, parameters, strict=True):
             end = start + len(x.texts)
-            ranked = sorted(range(len(x.texts)), key=lambda i: flat[start + i], reverse=True)
+            scores = _scores(
+                torch.stack(logits[start:end]), params.function_to_apply, self.settings, self.model.config
+            ).tolist()
+            ranked = sorted(range(len(x.texts)), key=lambda i: scores[i], reverse=True)
             answer = []
-            for i in ranked[: parameters.top_n] if parameters.top_n else ranked:
-                item: dict[str, Any] = {"index": i, "score": float(flat[start + i])}
-                if parameters.return_text:
+            for i in ranked[: params.top_n] if params.top_n else ranked:
+                item: dict[str, Any] = {"index": i, "score": float(scores[i])}
+                if params.return_text:
                     item["text"] = x.texts[i]
                 answer.append(item)
             tokens = sum(len(ids) for ids in columns["input_ids"][start:end])

@@ -167,22 +167,27 @@ class TokenClassificationHandler(Handler):
     """Entities of raw texts; `start`/`end` are character offsets into the text given."""
 
     warmup_inputs = ["Alice works in Paris."]
+    shares_forward = True
 
-    def _predict(self, inputs: list[str], parameters: TokenClassificationParameters) -> list[Any]:
+    def _predict(self, inputs: list[str], parameters: list[TokenClassificationParameters]) -> list[Any]:
         columns = self.tokenize({"text": inputs})
-        logits = self.forward(self.to_batch(columns)).logits
-        probabilities = logits.float().softmax(-1).cpu()
+        lengths = [len(ids) for ids in columns["input_ids"]]
+        probabilities = self.forward_rows(
+            columns,
+            lambda out, rows: [
+                out.logits[j, : lengths[i]].float().softmax(-1).cpu() for j, i in enumerate(rows)
+            ],
+        )
         names = self.label_names()
         outputs = []
-        for row, text in enumerate(inputs):
-            n = len(columns["input_ids"][row])
+        for row, (text, params) in enumerate(zip(inputs, parameters, strict=True)):
             tokens = {
                 "ids": columns["input_ids"][row],
                 "word_ids": columns["word_ids"][row],
                 "offsets": columns["offset_mapping"][row],
-                "probabilities": probabilities[row, :n],
+                "probabilities": probabilities[row],
             }
-            outputs.append(self._entities(text, tokens, names, parameters))
+            outputs.append(self._entities(text, tokens, names, params))
         return outputs
 
     def _entities(

@@ -59,9 +59,10 @@ class ZeroShotHandler(Handler):
     """Ranks any candidate labels for each text; one forward pass over every (text, label) pair."""
 
     warmup_parameters = {"candidate_labels": ["greeting", "question"]}
+    shares_forward = True
 
-    def __init__(self, loaded: Any) -> None:
-        super().__init__(loaded)
+    def __init__(self, loaded: Any, **options: Any) -> None:
+        super().__init__(loaded, **options)
         names = [n.lower() for n in self.label_names()]
         found = {
             kind: next((i for i, n in enumerate(names) if n.startswith(prefix)), None)
@@ -75,31 +76,32 @@ class ZeroShotHandler(Handler):
         self.entailment_id: int = found["entailment"]  # type: ignore[assignment]
         self.contradiction_id: int = found["contradiction"]  # type: ignore[assignment]
 
-    def _predict(self, inputs: list[str], parameters: ZeroShotParameters) -> list[Any]:
-        labels = list(dict.fromkeys(parameters.candidate_labels))
-        if not labels:
+    def _predict(self, inputs: list[str], parameters: list[ZeroShotParameters]) -> list[Any]:
+        import torch
+
+        labels = [list(dict.fromkeys(p.candidate_labels)) for p in parameters]
+        if not all(labels):
             raise InputError(
                 "parameters.candidate_labels",
                 "no candidate labels; give at least one, e.g. ['sports', 'politics']",
             )
-        hypotheses = [parameters.hypothesis_template.format(label) for label in labels]
-        columns = self.tokenize(
-            {
-                "text": [t for t in inputs for _ in labels],
-                "text_pair": [h for _ in inputs for h in hypotheses],
-            }
-        )
-        logits = (
-            self.forward(self.to_batch(columns)).logits.float().cpu().reshape(len(inputs), len(labels), -1)
-        )
-        if parameters.multi_label or len(labels) == 1:
-            pair = logits[..., [self.contradiction_id, self.entailment_id]]
-            scores = pair.softmax(-1)[..., 1]
-        else:
-            scores = logits[..., self.entailment_id].softmax(-1)
-        outputs = []
-        for text, row in zip(inputs, scores.tolist(), strict=True):
-            ranked = sorted(zip(labels, row, strict=True), key=lambda p: p[1], reverse=True)
+        # Every (text, hypothesis) pair of every input, in one set of forwards.
+        pairs = [
+            (text, p.hypothesis_template.format(label))
+            for text, p, names in zip(inputs, parameters, labels, strict=True)
+            for label in names
+        ]
+        columns = self.tokenize({"text": [t for t, _ in pairs], "text_pair": [h for _, h in pairs]})
+        logits = self.forward_rows(columns, lambda out, rows: list(out.logits.float().cpu()))
+        outputs, start = [], 0
+        for text, p, names in zip(inputs, parameters, labels, strict=True):
+            rows = torch.stack(logits[start : start + len(names)])
+            start += len(names)
+            if p.multi_label or len(names) == 1:
+                scores = rows[:, [self.contradiction_id, self.entailment_id]].softmax(-1)[:, 1]
+            else:
+                scores = rows[:, self.entailment_id].softmax(-1)
+            ranked = sorted(zip(names, scores.tolist(), strict=True), key=lambda pair: pair[1], reverse=True)
             outputs.append(
                 {
                     "sequence": text,

@@ -126,3 +126,63 @@ def test_parameter_guards():
     with pytest.raises(pydantic.ValidationError, match="top_p"):
         GenerationParameters(top_p=1.5)
     assert GenerationParameters().generate_kwargs() == {"max_new_tokens": 32, "do_sample": False}
+
+
+def _counting_generate(handler, monkeypatch) -> list[int]:
+    """Patches the model's generate to record the batch size of each call."""
+    calls: list[int] = []
+    original = handler.model.generate
+
+    def generate(**kwargs):
+        calls.append(len(kwargs["input_ids"]))
+        return original(**kwargs)
+
+    monkeypatch.setattr(handler.model, "generate", generate)
+    return calls
+
+
+def test_requests_that_decode_alike_share_one_generate_and_keep_their_own_answers(handler, monkeypatch):
+    prompts = [PROMPT, "The weather in the mountains was cold and the road", "Hello"]
+    free = completion(handler, prompts[1], max_new_tokens=12)
+    parameters = [
+        {"max_new_tokens": 4},
+        {"max_new_tokens": 12, "stop": [free[4:7]], "return_full_text": False},
+        {"max_new_tokens": 8, "return_full_text": False},
+    ]
+    alone = [handler.predict_with_usage([p], q) for p, q in zip(prompts, parameters, strict=True)]
+    calls = _counting_generate(handler, monkeypatch)
+    outputs, usage = handler.predict_many_with_usage(
+        [([p], q) for p, q in zip(prompts, parameters, strict=True)]
+    )
+    assert calls == [3]  # one generate call for all three
+    assert [(o, u) for o, u in zip(outputs, usage, strict=True)] == alone
+    assert [u[0].completion_tokens for u in usage][::2] == [4, 8]
+    stop = free[4:7]
+    assert usage[1][0].finish_reason == "stop"
+    assert outputs[1][0][0]["generated_text"] == free[: free.find(stop)]
+    # sampling alike but with another seed is another generate call
+    seeded = [{"do_sample": True, "seed": 1}, {"do_sample": True, "seed": 2}]
+    calls.clear()
+    handler.predict_many([([PROMPT], seeded[0]), ([PROMPT], seeded[1])])
+    assert calls == [1, 1]
+
+
+def test_streams_in_one_batch_each_get_their_own_text(handler, monkeypatch):
+    from rayformers.tasks.text_generation import TokenSink
+
+    prompts = [PROMPT, "A long story about a dog who walked to the sea every morning"]
+    parameters = [{"max_new_tokens": 10}, {"max_new_tokens": 6}]
+    expected = [completion(handler, p, **q) for p, q in zip(prompts, parameters, strict=True)]
+    received: list[list[str]] = [[], []]
+    ended: list[object] = [None, None]
+
+    def sink(row: int) -> TokenSink:
+        return TokenSink(received[row].append, lambda end, row=row: ended.__setitem__(row, end))
+
+    streamed = [handler.parse_parameters(q).streaming_to(sink(i)) for i, q in enumerate(parameters)]
+    calls = _counting_generate(handler, monkeypatch)
+    _, usage = handler.predict_many_with_usage([([p], q) for p, q in zip(prompts, streamed, strict=True)])
+    assert calls == [2]
+    assert ["".join(r) for r in received] == expected
+    assert all(len(r) > 1 for r in received)  # text arrived in pieces, not at the end
+    assert ended == [u[0] for u in usage]
