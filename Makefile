@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 STAMP := $(VENV)/.rayformers-installed
 
-.PHONY: setup test test-fast lint format quickstart k8s-validate clean
+.PHONY: setup test test-fast lint format quickstart bench k8s-validate clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ test-fast: setup lint
 # The whole flow offline on the project's own data: tokenizer, LoRA on 2 Ray Train workers, Serve, HTTP.
 quickstart: setup
 	$(BIN)/rayformers quickstart
+
+# Serving speed against the servers a user would otherwise run, side by side (about 13 minutes here):
+# writes benchmarks/results/<name>.{json,md,png}. One benchmark: `$(BIN)/python -m benchmarks.run classifier`.
+bench: setup
+	$(BIN)/python -m benchmarks.run
 
 # Render k8s/base and every k8s/overlays/* with kubectl (kustomize v5) and validate each object offline:
 # KubeRay kinds against the CRDs vendored in k8s/crds ($KUBERAY_CRDS overrides), unknown fields rejected;
