@@ -359,6 +359,34 @@ def test_openai_routes(server):
     )
 
 
+def test_concurrent_streams_and_completions_each_get_their_own_text(server):
+    """Streams and whole completions of different lengths ride the same batched generate; each client
+    still reads exactly the text its prompt and limit give alone."""
+    prompts = [f"the film number {i} was" for i in range(6)]
+    limits = [3 + i % 4 for i in range(6)]
+    expected = [in_process_generation(server, p, n) for p, n in zip(prompts, limits, strict=True)]
+
+    def ask(i: int) -> str:
+        stream = i % 2 == 0
+        body = {
+            "model": "gen",
+            "prompt": prompts[i],
+            "max_tokens": limits[i],
+            "temperature": 0,
+            "stream": stream,
+        }
+        response = requests.post(f"{server}/v1/completions", json=body, stream=stream, timeout=120)
+        assert response.status_code == 200, response.text
+        if not stream:
+            return str(response.json()["choices"][0]["text"])
+        events = [line[6:] for line in response.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        return "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(ask, range(6))) == expected
+
+
 def in_process_generation(server: str, prompt: str, tokens: int) -> str:
     body = {"inputs": prompt, "parameters": {"max_new_tokens": tokens, "return_full_text": False}}
     return str(post(server, "/gen/predict", body).json()[0]["generated_text"])
