@@ -119,10 +119,17 @@ def load_model(
         source = manifest.base_model
         if manifest.base_revision is not None:
             kwargs["revision"] = manifest.base_revision
-    # A hub base has its own (or no) label map; the adapter's head was trained on the recorded one.
-    base = _from_pretrained(
-        task.auto_model_class(), source, **kwargs, **task.model_kwargs(manifest.preprocessing)
-    )
+    # A hub base has its own (or no) label map, and maybe a head of another size: the adapter carries
+    # the head trained on the recorded labels, which replaces the base's.
+    labels = task.model_kwargs(manifest.preprocessing)
+    if labels:
+        kwargs["ignore_mismatched_sizes"] = True
+    base = _from_pretrained(task.auto_model_class(), source, **kwargs, **labels)
+    if getattr(base.config, "pad_token_id", None) is None:
+        # A decoder-only hub base names no pad token; training used its tokenizer's, saved here.
+        from transformers import AutoTokenizer
+
+        base.config.pad_token_id = AutoTokenizer.from_pretrained(str(root)).pad_token_id
     from peft import PeftModel
 
     try:

@@ -266,7 +266,7 @@ class TextRanking(Task):
     evaluation_columns = frozenset({"query_id"})
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    head_modules = ("classifier", "pre_classifier", "score")
+    head_modules = ("classifier", "pre_classifier", "score", "classification_head")
     metrics = ("ndcg_at_10", "mrr_at_10", "pearson", "spearman")
     default_metric = "ndcg_at_10"
     pipeline_task = "text-classification"

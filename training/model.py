@@ -3,6 +3,8 @@ the one switch between full fine-tuning and LoRA (peft)."""
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from rayformers.config import LoraConfig, ModelConfig
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     import torch
 
     from rayformers.tasks.base import Task
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ModelError",
@@ -25,6 +29,10 @@ __all__ = [
 
 # peft's table lacks a few common encoders.
 _EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"]}
+# Heads some architectures build new beside the task's own: DeBERTa's classification pooler is not
+# in its pretrained checkpoints.
+_EXTRA_HEADS = {"deberta": ("pooler",), "deberta-v2": ("pooler",)}
+_PLACEHOLDER_LABEL = re.compile(r"^LABEL_\d+$")
 
 
 class ModelError(UserError):
@@ -76,19 +84,90 @@ def build_model(
             raise ModelError(f"model.from_scratch: cannot build a {architecture!r} config: {err}") from None
         model = auto.from_config(config)
     else:
-        assert cfg.name is not None
-        try:
-            model = auto.from_pretrained(
-                cfg.name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **label_kwargs
-            )
-        except (OSError, ValueError) as err:
-            raise ModelError(
-                f"model.name: {cfg.name!r} could not be loaded as {task.auto_model}: {str(err).splitlines()[0]}. Give a "
-                "hub id this machine can reach or a directory saved with save_pretrained"
-            ) from None
+        model = _from_pretrained(cfg, task, settings, label_kwargs)
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        # Decoder-only checkpoints (GPT-2, Llama, Qwen) name no pad token; their sequence classifiers
+        # find each row's last token by it, and refuse batches of more than one row without it.
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora, task)
     return model
+
+
+def _from_pretrained(
+    cfg: ModelConfig, task: Task, settings: PreprocessSettings, label_kwargs: dict[str, Any]
+) -> torch.nn.Module:
+    """A hub or local checkpoint, in float32 whatever its saved dtype (bf16 and fp16 checkpoints train
+    with float32 master weights; `train.mixed_precision` autocasts the forward), its head fitted to this
+    run's labels: kept when they are the same, reordered when the checkpoint orders the same names
+    differently, new when it has another number of labels."""
+    import torch
+    from transformers import AutoConfig
+
+    assert cfg.name is not None
+    where = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        saved = AutoConfig.from_pretrained(cfg.name, **where) if label_kwargs else None
+        order = _head_order(saved, settings) if saved is not None else None
+        mismatched = saved is not None and saved.num_labels != label_kwargs["num_labels"]
+        model = task.auto_model_class().from_pretrained(
+            cfg.name, dtype=torch.float32, ignore_mismatched_sizes=mismatched, **where, **label_kwargs
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"model.name: {cfg.name!r} could not be loaded as {task.auto_model}: {str(err).splitlines()[0]}. Give a "
+            "hub id this machine can reach or a directory saved with save_pretrained"
+        ) from None
+    if mismatched:
+        logger.warning(
+            "model.name: %s has a %d-label head; this run has %d labels, so the head starts new",
+            cfg.name, saved.num_labels, label_kwargs["num_labels"],
+        )  # fmt: skip
+    if order is not None:
+        _reorder_head(model, task, order)
+        logger.warning(
+            "model.name: %s orders its labels %s; its head was reordered to this run's %s",
+            cfg.name, [saved.id2label[i] for i in range(saved.num_labels)], list(settings.labels.names),
+        )  # fmt: skip
+    return model
+
+
+def _head_order(saved: Any, settings: PreprocessSettings) -> list[int] | None:
+    """For each of this run's labels, its row in the checkpoint's head, when the checkpoint names the
+    same labels (case aside) in another order; None when there is nothing to reorder."""
+    names = list(settings.labels.names) if settings.labels is not None else []
+    id2label = {int(k): str(v) for k, v in (getattr(saved, "id2label", None) or {}).items()}
+    if len(id2label) != len(names) or all(_PLACEHOLDER_LABEL.match(v) for v in id2label.values()):
+        return None
+    rows = {v.casefold(): i for i, v in id2label.items()}
+    if set(rows) != {n.casefold() for n in names}:
+        return None
+    order = [rows[n.casefold()] for n in names]
+    return None if order == list(range(len(names))) else order
+
+
+def _reorder_head(model: torch.nn.Module, task: Task, order: list[int]) -> None:
+    """Permute the rows of the head's output layer so that row j scores this run's label j."""
+    import torch
+
+    heads = set(task.head_modules)
+    outputs = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == len(order) and name.split(".")[0] in heads
+    ]
+    if len(outputs) != 1:
+        raise ModelError(
+            f"model.name: cannot find the one output layer of this {type(model).__name__}'s head to put its "
+            f"labels in this run's order {order}; start from the checkpoint's base model without its head"
+        )
+    index = torch.tensor(order)
+    with torch.no_grad():
+        outputs[0].weight.copy_(outputs[0].weight[index])
+        if outputs[0].bias is not None:
+            outputs[0].bias.copy_(outputs[0].bias[index])
 
 
 def default_target_modules(model_type: str) -> list[str] | None:
@@ -145,7 +224,8 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: Task) -> torch.nn
 def head_modules(model: torch.nn.Module, task: Task) -> list[str]:
     """The task's head modules this model has: new weights, which LoRA must still train and save."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return sorted(names & set(task.head_modules))
+    extra = _EXTRA_HEADS.get(getattr(model.config, "model_type", ""), ())
+    return sorted(names & {*task.head_modules, *extra})
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
