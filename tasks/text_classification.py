@@ -76,12 +76,14 @@ def tokenize_classification(
 def classification_metrics(
     predictions: Sequence[int], references: Sequence[int], num_labels: int
 ) -> dict[str, float]:
-    """Accuracy, and F1: of label 1 for two classes (as GLUE reports it), macro-averaged otherwise."""
+    """Accuracy, and F1: of label 1 for two classes (as GLUE reports it), else macro-averaged over the
+    classes that occur in the references or the predictions (as scikit-learn's `average="macro"`: a
+    class absent from both has no F1, rather than an F1 of 0)."""
     preds, refs = np.asarray(predictions), np.asarray(references)
     if len(refs) == 0:
         return {"accuracy": 0.0, "f1": 0.0}
     accuracy = float((preds == refs).mean())
-    classes = [1] if num_labels == 2 else list(range(num_labels))
+    classes = [1] if num_labels == 2 else sorted({*preds.tolist(), *refs.tolist()})
     scores = []
     for c in classes:
         tp = float(((preds == c) & (refs == c)).sum())
@@ -181,7 +183,7 @@ class TextClassification(Task):
     label_kind = "sequence"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    head_modules = ("classifier", "pre_classifier", "score")
+    head_modules = ("classifier", "pre_classifier", "score", "classification_head")
     metrics = ("accuracy", "f1")
     default_metric = "accuracy"
     pipeline_task = "text-classification"

@@ -21,6 +21,17 @@ def test_classification_accuracy_and_f1():
     assert macro["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
+@pytest.mark.parametrize(
+    ("predictions", "references"),
+    [([0, 2, 2, 0], [0, 2, 2, 0]), ([0, 1, 3, 3, 0], [0, 3, 3, 3, 1]), ([2, 2, 1], [0, 2, 1])],
+)
+def test_macro_f1_is_scikit_learns_when_a_class_is_absent(predictions, references):
+    from sklearn.metrics import f1_score
+
+    got = classification_metrics(predictions, references, num_labels=4)["f1"]
+    assert got == pytest.approx(f1_score(references, predictions, average="macro", zero_division=0))
+
+
 def test_seqeval_is_entity_level():
     refs = [["B-PER", "I-PER", "O", "B-LOC"]]
     m = sequence_labeling_metrics(
