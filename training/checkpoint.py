@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rayformers.errors import UserError
 from rayformers.manifest import CheckpointManifest
 from rayformers.tasks.checkpoint import BASE_MODEL_DIR, MODEL_CARD, TRAINING_STATE, write_manifest
 
@@ -79,3 +80,25 @@ def write_checkpoint(
 
 def load_training_state(directory: Path) -> dict[str, Any]:
     return torch.load(directory / TRAINING_STATE, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+
+
+class ResumeError(UserError):
+    """A run name whose checkpoint belongs to another run."""
+
+
+def resume_differences(
+    manifest: CheckpointManifest, data_fingerprint: str, base_model: str, method: str
+) -> list[str]:
+    """How a checkpoint found under this run's name differs from the run asked for: another data
+    config or tokenizer, another base model, another method. Resuming across any of them would mix
+    two runs' weights and data without a word."""
+    differences = []
+    if manifest.data_fingerprint != data_fingerprint:
+        differences.append("data: the checkpoint was trained on another data config or tokenizer")
+    if manifest.base_model != base_model:
+        differences.append(
+            f"model: the checkpoint's base is {manifest.base_model!r}, this run's is {base_model!r}"
+        )
+    if manifest.method != method:
+        differences.append(f"method: the checkpoint is {manifest.method}, this run is {method}")
+    return differences

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rayformers.config import RunConfig
 from rayformers.manifest import CheckpointManifest, PreprocessSettings
+from rayformers.training.accumulation import GradientAccumulation
 
 __all__ = ["LoopConfig", "train_loop_per_worker"]
 
@@ -54,7 +56,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayformers.tasks import get_task
     from rayformers.tasks.checkpoint import BASE_MODEL_DIR, load_model, read_manifest
     from rayformers.tasks.evaluation import evaluate, gather
-    from rayformers.training.checkpoint import load_training_state, write_checkpoint
+    from rayformers.training.checkpoint import (
+        ResumeError,
+        load_training_state,
+        resume_differences,
+        write_checkpoint,
+    )
     from rayformers.training.model import build_model, parameter_counts
     from rayformers.training.progress import Progress
 
@@ -69,14 +76,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     base_dir = None
     if run.model.method == "lora" and run.model.from_scratch is not None and rank == 0:
         base_dir = Path(tempfile.mkdtemp(prefix="rayformers-base-"))
+    base_model_name = (
+        BASE_MODEL_DIR
+        if run.model.method == "lora" and run.model.from_scratch is not None
+        else run.model.name or run.model.from_scratch.architecture  # type: ignore[union-attr]
+    )
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     if checkpoint is not None:
         # Resumed: the model comes back from the checkpoint as every reader loads it (full weights, or
         # base + adapter with the adapter and heads trainable), in fp32 for the optimizer's sake.
         with checkpoint.as_directory() as directory:
+            found = read_manifest(directory)
+            differences = resume_differences(found, cfg.data_fingerprint, base_model_name, run.model.method)
+            if differences:
+                raise ResumeError(
+                    f"train.name: {run.run_name!r} already holds a checkpoint of another run "
+                    f"({'; '.join(differences)}); use a new train.name to start afresh"
+                )
             state = load_training_state(Path(directory))
-            model = load_model(read_manifest(directory), directory, dtype=torch.float32, trainable=True)
+            model = load_model(found, directory, dtype=torch.float32, trainable=True)
             if base_dir is not None:
                 shutil.copytree(Path(directory) / BASE_MODEL_DIR, base_dir, dirs_exist_ok=True)
     else:
@@ -101,7 +120,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr=train.learning_rate,
     )
     micro_per_epoch = max(1, cfg.train_rows // (world * train.batch_size))
-    steps_per_epoch = max(1, micro_per_epoch // train.gradient_accumulation_steps)
+    accumulation = GradientAccumulation(train.gradient_accumulation_steps, micro_per_epoch)
+    steps_per_epoch = accumulation.steps_per_epoch
     total_steps = train.max_steps or steps_per_epoch * train.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     scheduler = get_scheduler(
@@ -127,9 +147,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mlm_probability=run.data.mlm_probability,
         seed=train.seed + rank,
     )
-    eval_collator = task.collator(
-        tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, evaluation=True
-    )
     progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.run_name)
     eval_every = train.eval_every_steps or steps_per_epoch
     train_shard = ray.train.get_dataset_shard("train")
@@ -151,6 +168,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # NumPy batches collated here, not `iter_torch_batches`: evaluation batches carry non-tensor
             # columns (QA's example ids and texts) that Ray's device transfer refuses. `evaluate` moves
             # the tensors.
+            # A fresh collator per evaluation: fill-mask masks the same tokens every time, so
+            # evaluations compare checkpoints, not mask draws.
+            eval_collator = task.collator(
+                tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, evaluation=True
+            )
             batches = (
                 eval_collator(b)
                 for b in ray.train.get_dataset_shard("validation").iter_batches(
@@ -176,9 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             manifest = CheckpointManifest(
                 task=task.name,
                 method=run.model.method,
-                base_model=(
-                    BASE_MODEL_DIR if base_dir else run.model.name or run.model.from_scratch.architecture
-                ),  # type: ignore[union-attr]
+                base_model=base_model_name,
                 base_revision=run.model.revision,
                 architecture=(model.module if hasattr(model, "module") else model).config.model_type,
                 auto_model=task.auto_model,
@@ -209,17 +229,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_seed=train.seed + epoch,
         )
         micro, started = 0, time.monotonic()
+        optimizer.zero_grad(set_to_none=True)
+        done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
+        window_loss, window_tokens = torch.zeros((), device=device), torch.zeros((), device=device)
+        window_rows = 0
         for batch in batches:
             if micro >= micro_per_epoch or step >= total_steps:
                 break
             micro += 1
-            if skip > 0 and micro <= skip * train.gradient_accumulation_steps:
+            if micro <= done_before:
                 continue
-            sync = micro % train.gradient_accumulation_steps == 0
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = task.loss(model, batch, settings) / train.gradient_accumulation_steps
-            scaler.scale(loss).backward()
-            if not sync:
+            ends = accumulation.ends_step(micro)
+            weight = accumulation.weight(micro)
+            # Between a step's micro-batches DDP need not all-reduce: gradients sync on its last one.
+            quiet = model.no_sync() if not ends and hasattr(model, "no_sync") else contextlib.nullcontext()
+            with quiet:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = task.loss(model, batch, settings)
+                scaler.scale(loss * weight).backward()
+            window_loss += loss.detach() * weight
+            window_rows += len(batch["input_ids"])
+            if "attention_mask" in batch:
+                window_tokens += batch["attention_mask"].sum()
+            if not ends:
                 continue
             if train.max_grad_norm:
                 scaler.unscale_(optimizer)
@@ -229,18 +261,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            interval[0] += float(loss) * train.gradient_accumulation_steps
+            # the mean loss of the step's micro-batches, and their tokens: one host sync per step
+            step_loss, step_tokens = torch.stack([window_loss, window_tokens.float()]).tolist()
+            interval[0] += step_loss
             interval[1] += 1
-            tokens = int(batch["attention_mask"].sum()) * world if "attention_mask" in batch else 0
             progress.step(
                 step,
                 epoch,
-                float(loss) * train.gradient_accumulation_steps,
+                step_loss,
                 scheduler.get_last_lr()[0],
-                len(batch["input_ids"]) * world * train.gradient_accumulation_steps,
-                tokens,
+                window_rows * world,
+                int(step_tokens) * world,
                 started,
             )
+            window_loss.zero_()
+            window_tokens.zero_()
+            window_rows = 0
             if step % eval_every == 0 or step == total_steps:
                 report(epoch if step % steps_per_epoch else epoch + 1)
         if step >= total_steps:
@@ -261,5 +297,9 @@ def _save_clean_base(model: Any, directory: Path) -> None:
     clean = {k.replace(".base_layer", ""): v for k, v in state.items() if "modules_to_save" not in k}
     clean = {k.replace(".original_module", ""): v for k, v in clean.items()}
     fresh = type(base)(base.config)
-    fresh.load_state_dict(clean, strict=False)
+    missing, unexpected = fresh.load_state_dict(clean, strict=False)
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:  # a base saved without some of its weights would serve a different model
+        raise RuntimeError(f"the clean base lost weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
     fresh.save_pretrained(directory)

@@ -140,15 +140,65 @@ def _fingerprint(cfg: RunConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+class IngestConfig(ray.train.DataConfig):
+    """How the datasets reach the workers: training rows split equally (every worker runs the same
+    number of steps, as DDP needs), validation rows split unequally, so that every row is evaluated
+    exactly once (an equal split drops up to world-1 rows per evaluation)."""
+
+    def configure(
+        self,
+        datasets: dict[str, Any],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: Any,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        equal = {k: v for k, v in datasets.items() if k != "validation"}
+        output: list[dict[str, Any]] = super().configure(
+            equal, world_size, worker_handles, worker_node_ids, **kwargs
+        )
+        if "validation" in datasets:
+            validation = datasets["validation"].copy(datasets["validation"])
+            validation.set_name("validation")
+            validation.context.execution_options = self._resolve_execution_options("validation")
+            for i, split in enumerate(validation.streaming_split(world_size, equal=False)):
+                output[i]["validation"] = split
+        return output
+
+
+def shard_differences(manifest: DataManifest, cfg: RunConfig) -> list[str]:
+    """How the shards a run directory holds differ from what `cfg` would tokenize: the data config,
+    the task, and the tokenizer itself (by its files' fingerprint, so a new `model.name` or
+    `model.tokenizer` is noticed even when the data section is unchanged)."""
+    from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    differences = []
+    if manifest.source != cfg.data.model_dump(mode="json"):
+        differences.append("data: another data config")
+    if manifest.preprocessing.task != cfg.model.task:
+        differences.append(
+            f"task: shards are {manifest.preprocessing.task!r}, config asks {cfg.model.task!r}"
+        )
+    source = cfg.model.tokenizer_source
+    tokenizer = load_tokenizer(source, cfg.model.task, trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer_fingerprint(tokenizer) != manifest.tokenizer_hash:
+        differences.append(
+            f"tokenizer: shards were made with {manifest.tokenizer!r}, this run's is {source!r}"
+        )
+    return differences
+
+
 def _tokenize_once(cfg: RunConfig, run_dir: Location) -> DataManifest:
     """Tokenize into `<run>/tokenized` once; a resumed run reuses the shards when they still match."""
     target = run_dir / "tokenized"
     if (target / MANIFEST).exists():
         manifest = read_manifest(target)
-        if manifest.source == cfg.data.model_dump(mode="json"):
+        differences = shard_differences(manifest, cfg)
+        if not differences:
             return manifest
         raise DataError(
-            f"{target} was tokenized from a different data config; use a new train.name or delete that directory"
+            f"{target} holds shards of another run under this name ({'; '.join(differences)}); use a new "
+            "train.name, or delete that run's directory"
         )
     tokenized = build_tokenized(
         cfg.data, cfg.model.task, cfg.model.tokenizer_source, trust_remote_code=cfg.model.trust_remote_code
@@ -240,7 +290,7 @@ def _run(cfg: RunConfig) -> TrainResult:
             ),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
+        dataset_config=IngestConfig(datasets_to_split=list(datasets)),
     )
     result = trainer.fit()
     best = _best(

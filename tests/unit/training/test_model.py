@@ -61,3 +61,23 @@ def test_unknown_lora_target_lists_the_real_ones(wordpiece_dir):
     with pytest.raises(ModelError) as err:
         build_model(bad, get_task("text-classification"), tok, settings("a", "b"), seed=0)
     assert "q_proj" in str(err.value) and "query" in str(err.value) and "value" in str(err.value)
+
+
+def test_the_clean_base_of_a_from_scratch_lora_run_is_the_adapters_base(wordpiece_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rayformers.training.loop import _save_clean_base
+
+    tok = AutoTokenizer.from_pretrained(wordpiece_dir)
+    model = build_model(
+        cfg(wordpiece_dir, method="lora"), get_task("text-classification"), tok, settings("a", "b"), seed=0
+    )
+    _save_clean_base(model, tmp_path)
+    base = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    batch = tok(["the cat sat", "a dog"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        expected = model(**batch).logits
+    # the base's own head, not the adapter's trainable copy: peft keeps the original beside it
+    assert torch.allclose(base(**batch).logits, expected, atol=1e-6)
