@@ -154,6 +154,12 @@ class DataConfig(_Section):
     limit: int | None = Field(
         default=None, ge=1, description="Read at most this many training rows (for smoke tests)."
     )
+    shuffle: bool = Field(
+        default=True,
+        description="Shuffle the training rows once, globally, as they are tokenized (a source sorted by "
+        "label, as IMDB is, would otherwise give single-class batches; the per-epoch buffer only mixes "
+        "neighbours). Off: the shards keep the source's order.",
+    )
     seed: int = Field(default=42, description="Seed for the validation hold-out and shuffling.")
 
 

@@ -224,3 +224,25 @@ def test_tokenize_writes_shards_that_later_runs_reuse(tmp_path, wordpiece_dir, w
         )
     with pytest.raises(DataError, match="different tokenizer"):
         build_tokenized(reuse, "text-classification", str(wordlevel_dir))
+
+
+def test_a_label_sorted_source_is_written_globally_shuffled(tmp_path, wordpiece_dir):
+    import pyarrow.parquet as pq
+
+    from rayformers.data.shards import write_tokenized
+
+    rows = [{"text": f"the cat sat {i}", "label": "a" if i < 300 else "b"} for i in range(600)]  # sorted
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    orders = {}
+    for shuffle in (True, False):
+        cfg = data_config(train, max_length=16, shuffle=shuffle)
+        out = tmp_path / f"out-{shuffle}"
+        write_tokenized(build_tokenized(cfg, "text-classification", str(wordpiece_dir)), cfg, out)
+        files = sorted((out / "train").glob("*.parquet"))
+        orders[shuffle] = [
+            int(x) for f in files for x in pq.read_table(f, columns=["labels"])["labels"].to_pylist()
+        ]
+    assert sorted(orders[True]) == sorted(orders[False]) == [0] * 300 + [1] * 300
+    assert orders[False] == [0] * 300 + [1] * 300  # unshuffled: the source's order
+    first = orders[True][:64]  # the first batch a worker would read
+    assert 16 <= sum(first) <= 48  # both labels, near half each
