@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
+from rayformers.data.storage import Location
 from rayformers.errors import UserError
 from rayformers.tasks.checkpoint import (
     MANIFEST,
@@ -22,20 +24,32 @@ class ExportError(UserError):
     """A checkpoint that cannot be exported as asked; the message says why."""
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool = False) -> str:
     """Write `out`: everything a model needs, without optimizer state; `merge_lora` folds the adapter
-    into the base weights so the result loads without peft."""
-    checkpoint, out = Path(checkpoint), Path(out)
-    if not (checkpoint / MANIFEST).exists():
+    into the base weights so the result loads without peft. Either side may be cloud storage
+    (`s3://`, `gs://`): a remote checkpoint is downloaded first, a remote `out` uploaded last."""
+    source, target = Location.parse(checkpoint), Location.parse(out)
+    if not (source / MANIFEST).exists():
         raise ExportError(f"{checkpoint} has no {MANIFEST}: it is not a rayformers checkpoint")
-    if out.exists() and any(out.iterdir()):
+    if target.exists() and not target.is_empty_dir():
         raise ExportError(f"--out {str(out)!r} is not empty; choose a new directory")
+    local = source.download()
+    if target.local:
+        _export(local, Path(target.path), merge_lora)
+        return str(out)
+    with tempfile.TemporaryDirectory(prefix="rayformers-export-") as staging:
+        _export(local, Path(staging) / "out", merge_lora)
+        target.upload(Path(staging) / "out")
+    return str(out)
+
+
+def _export(checkpoint: Path, out: Path, merge_lora: bool) -> None:
     manifest = read_manifest(checkpoint)
     if merge_lora and manifest.method != "lora":
         raise ExportError(f"{checkpoint} is a full checkpoint; --merge-lora applies to LoRA checkpoints only")
     if not merge_lora:
         shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(TRAINING_STATE), dirs_exist_ok=True)
-        return out
+        return
     from transformers import AutoTokenizer
 
     merged = load_model(manifest, checkpoint).merge_and_unload()
@@ -50,4 +64,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool 
             + "\nExported with `rayformers export --merge-lora`: the adapter is merged into the base weights.\n",
             encoding="utf-8",
         )
-    return out

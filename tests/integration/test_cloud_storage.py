@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_training_into_s3_and_serving_from_it(s3_uri):
+def test_training_into_s3_and_serving_from_it(s3_uri, tmp_path):
     storage = s3_uri("runs")
     cfg = load_config(
         REPO / "configs/text-classification/lora.yaml",
@@ -56,3 +56,14 @@ def test_training_into_s3_and_serving_from_it(s3_uri):
     handler = TextClassificationHandler(load_checkpoint(best))
     out = handler.predict(["a wonderful, moving film"], {})
     assert out[0]["label"] in ("negative", "positive")
+
+    # `rayformers export` takes the s3:// checkpoint the run printed, to a local or an s3:// directory
+    from rayformers.tasks.checkpoint import read_manifest
+    from rayformers.training.export import export_checkpoint
+
+    merged = Path(export_checkpoint(best, tmp_path / "merged", merge_lora=True))
+    assert read_manifest(merged).method == "full" and (merged / "model.safetensors").exists()
+    bucket, options = storage.split("?", 1)
+    remote = Location.parse(export_checkpoint(best, f"{bucket}/exported?{options}"))
+    assert (remote / "rayformers.json").exists() and (remote / "adapter_model.safetensors").exists()
+    assert not (remote / "training_state.pt").exists()

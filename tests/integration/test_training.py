@@ -107,7 +107,7 @@ def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp
     from rayformers.training.export import ExportError, export_checkpoint
 
     checkpoint = Path(runs["lora"].best_checkpoint)
-    out = export_checkpoint(checkpoint, tmp_path / "merged", merge_lora=True)
+    out = Path(export_checkpoint(checkpoint, tmp_path / "merged", merge_lora=True))
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
     assert read_manifest(out).method == "full"
     tok = AutoTokenizer.from_pretrained(out)
@@ -116,7 +116,7 @@ def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp
         merged = AutoModelForSequenceClassification.from_pretrained(out).eval()(**batch).logits
         adapted = load_model(read_manifest(checkpoint), checkpoint)(**batch).logits
     assert torch.allclose(merged, adapted, atol=1e-4)
-    plain = export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "plain")
+    plain = Path(export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "plain"))
     assert "training_state.pt" not in {p.name for p in plain.iterdir()}
     with pytest.raises(ExportError, match="LoRA checkpoints only"):
         export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "x", merge_lora=True)
