@@ -234,6 +234,11 @@ class ModelConfig(_Section):
         assert self.name is not None
         return self.name
 
+    @property
+    def tokenizer_revision(self) -> str | None:
+        """The hub revision the tokenizer loads at: the model's, when the tokenizer is the model's own."""
+        return self.revision if not self.tokenizer and self.name is not None else None
+
 
 class TrainConfig(_Section):
     """The Ray Train run: workers, optimisation, evaluation, checkpoints."""

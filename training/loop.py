@@ -70,7 +70,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     tokenizer = load_tokenizer(
-        run.model.tokenizer_source, task.name, trust_remote_code=run.model.trust_remote_code
+        run.model.tokenizer_source,
+        task.name,
+        revision=run.model.tokenizer_revision,
+        trust_remote_code=run.model.trust_remote_code,
     )
     # A LoRA run over a base built from scratch saves that base with every checkpoint (rank 0 writes).
     base_dir = None

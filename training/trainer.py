@@ -180,7 +180,12 @@ def shard_differences(manifest: DataManifest, cfg: RunConfig) -> list[str]:
             f"task: shards are {manifest.preprocessing.task!r}, config asks {cfg.model.task!r}"
         )
     source = cfg.model.tokenizer_source
-    tokenizer = load_tokenizer(source, cfg.model.task, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(
+        source,
+        cfg.model.task,
+        revision=cfg.model.tokenizer_revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
     if tokenizer_fingerprint(tokenizer) != manifest.tokenizer_hash:
         differences.append(
             f"tokenizer: shards were made with {manifest.tokenizer!r}, this run's is {source!r}"
@@ -201,7 +206,11 @@ def _tokenize_once(cfg: RunConfig, run_dir: Location) -> DataManifest:
             "train.name, or delete that run's directory"
         )
     tokenized = build_tokenized(
-        cfg.data, cfg.model.task, cfg.model.tokenizer_source, trust_remote_code=cfg.model.trust_remote_code
+        cfg.data,
+        cfg.model.task,
+        cfg.model.tokenizer_source,
+        revision=cfg.model.tokenizer_revision,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     return write_tokenized(tokenized, cfg.data, target)
 

@@ -54,7 +54,7 @@ def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
                 cfg.data,
                 cfg.model.task,
                 cfg.model.tokenizer_source,
-                revision=cfg.model.revision if not cfg.model.tokenizer else None,
+                revision=cfg.model.tokenizer_revision,
                 trust_remote_code=cfg.model.trust_remote_code,
             ),
         )

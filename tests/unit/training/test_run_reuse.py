@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.loading import load_config
 from rayformers.manifest import CheckpointManifest, DataManifest, PreprocessSettings
@@ -46,3 +48,25 @@ def test_a_checkpoint_of_another_run_is_not_resumed(monkeypatch):
     other = load_config(CONFIG, overrides=["model.from_scratch.tokenizer=data/samples/tokenizers/bpe"])
     found = resume_differences(manifest, _fingerprint(other), "roberta", "lora")
     assert [d.split(":")[0] for d in found] == ["data", "model", "method"]
+
+
+def test_the_tokenizer_loads_at_the_models_revision(monkeypatch, tmp_path):
+    from rayformers.config import ModelConfig
+    from rayformers.data.storage import Location
+    from rayformers.training import trainer
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(CONFIG)
+    hub = ModelConfig.model_validate({"task": cfg.model.task, "name": "org/model", "revision": "v1.2"})
+    seen = {}
+
+    def fake_build(data, task, source, **kwargs):
+        seen.update(source=source, **kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(trainer, "build_tokenized", fake_build)
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer._tokenize_once(cfg.model_copy(update={"model": hub}), Location.parse(tmp_path))
+    assert seen["source"] == "org/model" and seen["revision"] == "v1.2"
+    own = hub.model_copy(update={"tokenizer": "org/other-tokenizer"})
+    assert own.tokenizer_revision is None  # a tokenizer of its own loads at its default revision
