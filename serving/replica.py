@@ -184,9 +184,8 @@ class ModelReplica:
         try:
             params = self.handler.parse_parameters(parameters)
         except ValidationError as err:
-            first = err.errors()[0]
-            message = f"parameters.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-            return Reply(error=ReplyError(kind="input", message=message, field="parameters"))
+            path, problem = _parameter_problem(err)
+            return Reply(error=ReplyError(kind="input", message=f"{path}: {problem}", field="parameters"))
         if self._admit is not None and self._pending >= self._admit:
             message = (
                 f"the replica already holds {self._pending} requests; retry after the delay in Retry-After"
@@ -266,8 +265,7 @@ class ModelReplica:
         try:
             params = self.handler.parse_parameters(parameters).streaming_to(sink)
         except ValidationError as err:
-            first = err.errors()[0]
-            raise InputError(f"parameters.{'.'.join(str(p) for p in first['loc'])}", first["msg"]) from None
+            raise InputError(*_parameter_problem(err)) from None
         answer = asyncio.ensure_future(self.answer([text], params, adapter))
         try:
             while not answer.done() or not deltas.empty():
@@ -289,6 +287,12 @@ class ModelReplica:
             yield {"usage": reply.usage[0] if reply.usage else None}
         finally:
             sink.cancelled.set()  # the client left: its row stops at the next token, the batch goes on
+
+
+def _parameter_problem(err: ValidationError) -> tuple[str, str]:
+    """The first bad parameter's dotted path (`parameters.top_k`) and what is wrong with it."""
+    first = err.errors()[0]
+    return f"parameters.{'.'.join(str(p) for p in first['loc'])}", str(first["msg"])
 
 
 def _stream_error(error: ReplyError, adapter: str | None) -> Exception:
