@@ -28,7 +28,40 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _comparison_table(result: dict[str, Any]) -> str:
+    """A side-by-side benchmark: per measurement, rayformers, the baseline, their ratio and its target."""
+    lines = [
+        f"### {result['title']}",
+        "",
+        "| measurement | rayformers | baseline | ratio | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for row in result["comparisons"]:
+        ratio, target = row.get("ratio"), row.get("target")
+        checked = ratio if ratio is not None else row["rayformers"]  # no baseline: the target is on the value
+        met = "-" if target is None else ("yes" if _meets(checked, target) else "**no**")
+        lines.append(
+            f"| {row['measurement']} | {_value(row['rayformers'], row['unit'])} | "
+            f"{_value(row.get('baseline'), row['unit'])} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+            f"{'-' if target is None else target} | {met} |"
+        )
+    lines += ["", *result.get("notes", [])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _meets(ratio: float, target: str) -> bool:
+    """`target` is ">= 0.8" or "<= 10": the ratio (or, with no baseline, the value) it must reach."""
+    op, bound = target.split()
+    return ratio >= float(bound) if op == ">=" else ratio <= float(bound)
+
+
+def _value(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:,.1f} {unit}"
+
+
 def _table(result: dict[str, Any]) -> str:
+    if "comparisons" in result:
+        return _comparison_table(result)
     metric = result["throughput"]
     lines = [
         f"### {result['title']}",
@@ -59,6 +92,8 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
+    if "servers" not in result:
+        return
     import matplotlib
 
     matplotlib.use("Agg")

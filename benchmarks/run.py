@@ -1,7 +1,7 @@
 """`make bench`: rayformers against the servers a user would otherwise run, in one run, on this machine.
 
     python -m benchmarks.run                  # every benchmark
-    python -m benchmarks.run classifier       # one of: classifier, generation, embeddings
+    python -m benchmarks.run classifier       # one of: classifier, generation, embeddings, tokenization, training
     python -m benchmarks.run classifier --duration 10 --concurrency 1 32
 
 - classifier: a MiniLM-L6-size text classifier, one 5-120-word text per request, concurrency 1, 8, 32, 64:
@@ -174,7 +174,25 @@ def generation(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-BENCHMARKS = {"classifier": classifier, "generation": generation, "embeddings": embeddings}
+def tokenization(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import tokenization as bench
+
+    return bench.run(args)
+
+
+def training(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import training as bench
+
+    return bench.run(args)
+
+
+BENCHMARKS = {
+    "classifier": classifier,
+    "generation": generation,
+    "embeddings": embeddings,
+    "tokenization": tokenization,
+    "training": training,
+}
 
 
 def main() -> None:
