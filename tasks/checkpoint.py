@@ -4,8 +4,10 @@ checkpoint becomes a model again (`load_model`, which export, resume and serving
 
 A checkpoint directory holds what `save_pretrained` writes (safetensors), the tokenizer, the
 `rayformers.json` manifest, a model card and the training state; a LoRA checkpoint holds the adapter,
-and, when its base was built from scratch, that base in `base_model/`. Training writes it; everything
-else reads it through here.
+and, when its base was built from scratch or its task has a label map, that base in `base_model/`
+(with the run's labels and the tokenizer), which its `adapter_config.json` names, so that
+`pipeline(...)` and peft's `AutoPeftModelFor...` answer the trained label names. Training writes it;
+everything else reads it through here.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ __all__ = [
     "MODEL_CARD",
     "TRAINING_STATE",
     "CheckpointError",
+    "embeds_base",
     "label_kwargs",
     "load_model",
+    "point_adapter_at_base",
     "pool",
     "read_manifest",
     "write_manifest",
@@ -43,7 +47,8 @@ __all__ = [
 MANIFEST = "rayformers.json"
 """The manifest: how to use the checkpoint (task, labels, preprocessing, base, method, metrics)."""
 BASE_MODEL_DIR = "base_model"
-"""A LoRA checkpoint's own base, when that base was built from scratch (a hub base is named instead)."""
+"""A LoRA checkpoint's own copy of its base: always when that base was built from scratch, and for tasks
+with a label map (a hub base's config knows other labels or none). Other hub bases are named instead."""
 TRAINING_STATE = "training_state.pt"
 """Optimizer, scheduler and history a resumed run continues from (not needed to serve)."""
 MODEL_CARD = "README.md"
@@ -80,6 +85,24 @@ def write_manifest(manifest: CheckpointManifest, directory: str | Path) -> Path:
     return path
 
 
+def embeds_base(method: str, from_scratch: bool, task: Task, settings: Any) -> bool:
+    """Whether a checkpoint of this run carries its base in `base_model/`: a LoRA run whose base exists
+    nowhere else (built from scratch), or whose task has a label map, which the hub base's config does not
+    hold and which Hugging Face's loaders read from the base (not from the adapter)."""
+    return method == "lora" and (from_scratch or bool(task.model_kwargs(settings)))
+
+
+def point_adapter_at_base(directory: Path, final: str | Path) -> None:
+    """Name `final`/base_model as the base in the adapter config of the checkpoint in `directory`, which
+    will live at `final` (a local path): transformers' `pipeline` and peft's `AutoPeftModel` load the base
+    from there. A checkpoint moved elsewhere keeps working in rayformers (which reads the manifest);
+    `rayformers export` rewrites the path for its copy."""
+    path = directory / ADAPTER_CONFIG
+    adapter = json.loads(path.read_text(encoding="utf-8"))
+    adapter["base_model_name_or_path"] = str(Path(final) / BASE_MODEL_DIR)
+    path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def label_kwargs(labels: LabelMap) -> dict[str, Any]:
     """A model config's label arguments for `labels`: its size and both directions of the map."""
     return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": labels.label2id}
@@ -108,7 +131,8 @@ def load_model(
     if manifest is None or manifest.method == "full":
         model = _from_pretrained(task.auto_model_class(), str(root), **kwargs)
         return model if trainable else model.eval()
-    if manifest.base_model == BASE_MODEL_DIR:
+    if manifest.base_model == BASE_MODEL_DIR or (root / BASE_MODEL_DIR).is_dir():
+        # Its own base (built from scratch, or a hub base saved with the run's labels).
         if not (root / BASE_MODEL_DIR).is_dir():
             raise CheckpointError(
                 f"LoRA checkpoint {root} names base_model '{BASE_MODEL_DIR}' but has no "

@@ -11,9 +11,16 @@ from typing import Any
 
 import torch
 
+from rayformers.data.storage import Location
 from rayformers.errors import UserError
 from rayformers.manifest import CheckpointManifest
-from rayformers.tasks.checkpoint import BASE_MODEL_DIR, MODEL_CARD, TRAINING_STATE, write_manifest
+from rayformers.tasks.checkpoint import (
+    BASE_MODEL_DIR,
+    MODEL_CARD,
+    TRAINING_STATE,
+    point_adapter_at_base,
+    write_manifest,
+)
 
 __all__ = ["load_training_state", "write_checkpoint"]
 
@@ -64,14 +71,20 @@ def write_checkpoint(
     hyperparameters: dict[str, Any],
     training_state: dict[str, Any],
     base_model_dir: Path | None = None,
+    final: str | None = None,
 ) -> Path:
-    """Write a complete checkpoint into `directory` (rank 0 only)."""
+    """Write a complete checkpoint into `directory` (rank 0 only). A LoRA run's own base (`base_model_dir`)
+    goes into `base_model/` with the tokenizer; when the checkpoint's lasting place `final` is a local path,
+    the adapter config names that base, for Hugging Face's loaders."""
     core = model.module if hasattr(model, "module") else model
     directory.mkdir(parents=True, exist_ok=True)
     core.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     if base_model_dir is not None:
         shutil.copytree(base_model_dir, directory / BASE_MODEL_DIR, dirs_exist_ok=True)
+        tokenizer.save_pretrained(directory / BASE_MODEL_DIR)
+        if final is not None and Location.parse(final).local:
+            point_adapter_at_base(directory, final)
     write_manifest(manifest, directory)
     (directory / MODEL_CARD).write_text(_card(manifest, hyperparameters), encoding="utf-8")
     torch.save(training_state, directory / TRAINING_STATE)

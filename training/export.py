@@ -9,10 +9,12 @@ from pathlib import Path
 from rayformers.data.storage import Location
 from rayformers.errors import UserError
 from rayformers.tasks.checkpoint import (
+    BASE_MODEL_DIR,
     MANIFEST,
     MODEL_CARD,
     TRAINING_STATE,
     load_model,
+    point_adapter_at_base,
     read_manifest,
     write_manifest,
 )
@@ -35,20 +37,23 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool 
         raise ExportError(f"--out {str(out)!r} is not empty; choose a new directory")
     local = source.download()
     if target.local:
-        _export(local, Path(target.path), merge_lora)
+        _export(local, Path(target.path), merge_lora, target.path)
         return str(out)
     with tempfile.TemporaryDirectory(prefix="rayformers-export-") as staging:
-        _export(local, Path(staging) / "out", merge_lora)
+        _export(local, Path(staging) / "out", merge_lora, None)
         target.upload(Path(staging) / "out")
     return str(out)
 
 
-def _export(checkpoint: Path, out: Path, merge_lora: bool) -> None:
+def _export(checkpoint: Path, out: Path, merge_lora: bool, final: str | None) -> None:
+    """Write the export of `checkpoint` into `out`; `final` is where it will live, when that is local."""
     manifest = read_manifest(checkpoint)
     if merge_lora and manifest.method != "lora":
         raise ExportError(f"{checkpoint} is a full checkpoint; --merge-lora applies to LoRA checkpoints only")
     if not merge_lora:
         shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(TRAINING_STATE), dirs_exist_ok=True)
+        if (out / BASE_MODEL_DIR).is_dir() and final is not None:
+            point_adapter_at_base(out, final)  # Hugging Face's loaders find the copy's own base
         return
     from transformers import AutoTokenizer
 

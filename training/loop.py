@@ -30,6 +30,8 @@ class LoopConfig(BaseModel):
     train_rows: int
     data_fingerprint: str
     has_validation: bool
+    run_dir: str
+    """The run's directory in storage (absolute, or a cloud URI): checkpoints land in it."""
 
 
 def _precision(run: RunConfig) -> torch.dtype | None:
@@ -54,7 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayformers.data.tokenizer import load_tokenizer
     from rayformers.manifest import package_versions
     from rayformers.tasks import get_task
-    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, load_model, read_manifest
+    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, embeds_base, load_model, read_manifest
     from rayformers.tasks.evaluation import evaluate, gather
     from rayformers.training.checkpoint import (
         ResumeError,
@@ -75,9 +77,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         revision=run.model.tokenizer_revision,
         trust_remote_code=run.model.trust_remote_code,
     )
-    # A LoRA run over a base built from scratch saves that base with every checkpoint (rank 0 writes).
+    # A LoRA run over a base built from scratch, or for a task with labels, saves that base with every
+    # checkpoint (rank 0 writes).
     base_dir = None
-    if run.model.method == "lora" and run.model.from_scratch is not None and rank == 0:
+    if embeds_base(run.model.method, run.model.from_scratch is not None, task, settings) and rank == 0:
         base_dir = Path(tempfile.mkdtemp(prefix="rayformers-base-"))
     base_model_name = (
         BASE_MODEL_DIR
@@ -99,8 +102,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             state = load_training_state(Path(directory))
             model = load_model(found, directory, dtype=torch.float32, trainable=True)
-            if base_dir is not None:
+            if base_dir is not None and (Path(directory) / BASE_MODEL_DIR).is_dir():
                 shutil.copytree(Path(directory) / BASE_MODEL_DIR, base_dir, dirs_exist_ok=True)
+            elif base_dir is not None:  # a checkpoint written before hub bases were embedded
+                _save_clean_base(model, base_dir)
     else:
         model = build_model(run.model, task, tokenizer, settings, train.seed)
         if base_dir is not None:
@@ -213,13 +218,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 data_fingerprint=cfg.data_fingerprint,
                 versions=package_versions(),
             )
+            name = f"checkpoint_{step:06d}"
+            final = f"{cfg.run_dir}/{name}"  # where Ray Train puts it
             write_checkpoint(
-                Path(tmp), model, tokenizer, manifest, train.model_dump(mode="json"), state, base_dir
+                Path(tmp), model, tokenizer, manifest, train.model_dump(mode="json"), state, base_dir, final
             )
             ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_{step:06d}",
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name
             )
 
     for epoch in range(start_epoch, epochs):

@@ -271,7 +271,7 @@ def _run(cfg: RunConfig) -> TrainResult:
     mode = cfg.train.metric_mode or ("min" if task.metric_is_lower_better(metric) else "max")
     loop = LoopConfig(
         run=cfg, settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
-        data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets,
+        data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets, run_dir=str(run_dir),
     )  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,

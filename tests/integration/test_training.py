@@ -50,7 +50,9 @@ def test_checkpoint_files_are_exactly_these(runs):
         "adapter_config.json", "adapter_model.safetensors", "base_model", "tokenizer.json",
         "tokenizer_config.json", "rayformers.json", "README.md", "training_state.pt",
     }  # fmt: skip
-    assert {p.name for p in (lora / "base_model").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (lora / "base_model").iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    }  # fmt: skip
     manifest = json.loads((lora / "rayformers.json").read_text())
     assert manifest["method"] == "lora" and manifest["base_model"] == "base_model"
     assert manifest["preprocessing"]["labels"]["names"] == ["negative", "positive"]
@@ -91,6 +93,11 @@ def test_lora_checkpoint_loads_with_peft_on_its_base(runs):
         VALIDATION
     )
     assert accuracy >= 0.9
+    # transformers' own PEFT loading finds the base the adapter config names, with the run's labels.
+    from transformers import pipeline
+
+    served = [p["label"] for p in pipeline("text-classification", model=str(directory))(texts[:20])]
+    assert served == [names[p] for p in predicted[:20].tolist()]
 
 
 def test_too_many_workers_fail_at_once_saying_what_the_cluster_has():
@@ -120,3 +127,94 @@ def test_merged_lora_export_gives_the_same_logits_as_base_plus_adapter(runs, tmp
     assert "training_state.pt" not in {p.name for p in plain.iterdir()}
     with pytest.raises(ExportError, match="LoRA checkpoints only"):
         export_checkpoint(Path(runs["full"].best_checkpoint), tmp_path / "x", merge_lora=True)
+
+
+@pytest.fixture(scope="module")
+def pretrained_lora(runs, tmp_path_factory):
+    """A LoRA run over a pretrained classifier as the hub has them: the full run's model saved with
+    save_pretrained under its own placeholder labels (LABEL_0, LABEL_1), as a user's hub checkpoint."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hub = tmp_path_factory.mktemp("hub") / "pretrained-classifier"
+    model = AutoModelForSequenceClassification.from_pretrained(runs["full"].best_checkpoint)
+    model.config.id2label, model.config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    model.save_pretrained(hub)
+    AutoTokenizer.from_pretrained(runs["full"].best_checkpoint).save_pretrained(hub)
+    cfg = load_config(
+        REPO / "configs/text-classification/lora.yaml",
+        [f"train.storage_path={tmp_path_factory.mktemp('runs')}", "train.epochs=1", "train.name=pretrained",
+         "model.from_scratch=null", f"model.name={hub}", "model.lora.target_modules=null"],
+    )  # fmt: skip
+    return run_training(cfg)
+
+
+def test_a_lora_checkpoint_of_a_pretrained_classifier_answers_its_label_names_in_hugging_face_loaders(
+    pretrained_lora, tmp_path
+):
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    from rayformers.tasks.checkpoint import load_model, read_manifest
+
+    directory = Path(pretrained_lora.best_checkpoint)
+    texts = [r["text"] for r in VALIDATION[:40]]
+    ours = load_model(read_manifest(directory), directory)
+    tok = AutoTokenizer.from_pretrained(directory)
+    with torch.no_grad():
+        logits = ours(**tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")).logits
+    expected = [["negative", "positive"][i] for i in logits.argmax(-1).tolist()]
+    assert sum(e == r["label"] for e, r in zip(expected, VALIDATION[:40], strict=True)) >= 36
+
+    served = [p["label"] for p in pipeline("text-classification", model=str(directory), device="cpu")(texts)]
+    assert served == expected
+    peft_model = AutoPeftModelForSequenceClassification.from_pretrained(str(directory)).eval()
+    assert peft_model.config.id2label == {0: "negative", 1: "positive"}
+    with torch.no_grad():
+        theirs = peft_model(
+            **tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        ).logits
+    torch.testing.assert_close(theirs, logits)
+    # The manifest still names the hub base (provenance and resume checks), the copy is the base used.
+    assert read_manifest(directory).base_model.endswith("pretrained-classifier")
+    assert json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        directory.resolve() / "base_model"
+    )
+
+    # An exported copy names its own base, so it keeps working when the run's folder goes away.
+    from rayformers.training.export import export_checkpoint
+
+    out = Path(export_checkpoint(directory, tmp_path / "exported"))
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        out.resolve() / "base_model"
+    )
+    assert [
+        p["label"] for p in pipeline("text-classification", model=str(out), device="cpu")(texts)
+    ] == expected
+
+
+def _one_epoch_accuracy(tmp_path: Path, rows: list[dict], name: str, *overrides: str) -> float:
+    train = tmp_path / f"{name}.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        REPO / "configs/text-classification/full.yaml",
+        [f"data.train.path={train}", f"train.storage_path={tmp_path / 'runs'}", f"train.name={name}",
+         "train.epochs=1", "train.batch_size=16", "train.learning_rate=5e-3", *overrides],
+    )  # fmt: skip
+    return run_training(cfg).best_metrics["accuracy"]
+
+
+def test_a_label_sorted_training_file_trains_as_well_as_shuffled_rows(tmp_path):
+    """One worker (two would see both halves of a sorted file at once and average them away); the control
+    without the global shuffle shows what a label-sorted source (IMDB is one) did before: one class."""
+    rows = [
+        json.loads(line) for line in (REPO / "data/samples/sentiment/train.jsonl").read_text().splitlines()
+    ]
+    by_label = sorted(rows, key=lambda r: r["label"])
+    shuffled = _one_epoch_accuracy(tmp_path, rows, "shuffled", "train.num_workers=1")
+    sorted_rows = _one_epoch_accuracy(tmp_path, by_label, "sorted", "train.num_workers=1")
+    unshuffled = _one_epoch_accuracy(
+        tmp_path, by_label, "unshuffled", "train.num_workers=1", "data.shuffle=false"
+    )
+    assert shuffled >= 0.9, shuffled
+    assert sorted_rows >= shuffled - 0.03, (sorted_rows, shuffled)
+    assert unshuffled <= 0.7, unshuffled  # the control: without the shuffle the run learns one class

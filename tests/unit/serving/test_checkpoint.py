@@ -44,7 +44,9 @@ def test_factory_writes_the_training_layout_quickly(tmp_path):
         "adapter_model.safetensors",
         "base_model",
     }
-    assert {p.name for p in (lora / "base_model").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (lora / "base_model").iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    }  # fmt: skip
     manifest = read_manifest(lora)
     assert (manifest.method, manifest.base_model, manifest.task) == (
         "lora",
