@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rayformers.config import LoraConfig, ModelConfig
@@ -84,7 +85,7 @@ def build_model(
             raise ModelError(f"model.from_scratch: cannot build a {architecture!r} config: {err}") from None
         model = auto.from_config(config)
     else:
-        model = _from_pretrained(cfg, task, settings, label_kwargs)
+        model, new = _from_pretrained(cfg, task, settings, label_kwargs)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         # Decoder-only checkpoints (GPT-2, Llama, Qwen) name no pad token; their sequence classifiers
         # find each row's last token by it, and refuse batches of more than one row without it.
@@ -92,17 +93,18 @@ def build_model(
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     if cfg.method == "lora":
-        model = apply_lora(model, cfg.lora, task)
+        model = apply_lora(model, cfg.lora, task, new if cfg.from_scratch is None else ())
     return model
 
 
 def _from_pretrained(
     cfg: ModelConfig, task: Task, settings: PreprocessSettings, label_kwargs: dict[str, Any]
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, list[str]]:
     """A hub or local checkpoint, in float32 whatever its saved dtype (bf16 and fp16 checkpoints train
     with float32 master weights; `train.mixed_precision` autocasts the forward), its head fitted to this
     run's labels: kept when they are the same, reordered when the checkpoint orders the same names
-    differently, new when it has another number of labels."""
+    differently, new when it has another number of labels. Also the modules the checkpoint did not
+    hold (`new_modules`), which a LoRA run must train and save."""
     import torch
     from transformers import AutoConfig
 
@@ -112,8 +114,13 @@ def _from_pretrained(
         saved = AutoConfig.from_pretrained(cfg.name, **where) if label_kwargs else None
         order = _head_order(saved, settings) if saved is not None else None
         mismatched = saved is not None and saved.num_labels != label_kwargs["num_labels"]
-        model = task.auto_model_class().from_pretrained(
-            cfg.name, dtype=torch.float32, ignore_mismatched_sizes=mismatched, **where, **label_kwargs
+        model, info = task.auto_model_class().from_pretrained(
+            cfg.name,
+            dtype=torch.float32,
+            ignore_mismatched_sizes=mismatched,
+            output_loading_info=True,
+            **where,
+            **label_kwargs,
         )
     except (OSError, ValueError) as err:
         raise ModelError(
@@ -131,7 +138,33 @@ def _from_pretrained(
             "model.name: %s orders its labels %s; its head was reordered to this run's %s",
             cfg.name, [saved.id2label[i] for i in range(saved.num_labels)], list(settings.labels.names),
         )  # fmt: skip
-    return model
+    fresh = [
+        *info.get("missing_keys", ()),
+        *(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())),
+    ]
+    return model, new_modules(model, fresh)
+
+
+def new_modules(model: torch.nn.Module, fresh_keys: Iterable[str]) -> list[str]:
+    """The largest modules all of whose parameters are in `fresh_keys` (weights a checkpoint did not hold,
+    so initialised at random): a task head (`classifier`, ModernBERT's QA `classifier`), BERT's pooler
+    under a masked-LM checkpoint, DeBERTa's `pooler`."""
+    fresh = set(fresh_keys)
+    params = [name for name, _ in model.named_parameters()]
+    found: list[str] = []
+    for key in sorted(fresh, key=len):
+        if key not in params or any(key.startswith(f"{m}.") for m in found):
+            continue
+        parts = key.split(".")[:-1]
+        best = None
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            if all(p in fresh for p in params if p.startswith(f"{prefix}.")):
+                best = prefix
+                break
+        if best is not None:
+            found.append(best)
+    return sorted(found)
 
 
 def _head_order(saved: Any, settings: PreprocessSettings) -> list[int] | None:
@@ -192,8 +225,11 @@ def _linear_names(model: torch.nn.Module) -> list[str]:
     )
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: Task) -> torch.nn.Module:
-    """Wrap `model` with LoRA adapters; the task head stays trainable and is saved with the adapter."""
+def apply_lora(
+    model: torch.nn.Module, lora: LoraConfig, task: Task, new: Iterable[str] = ()
+) -> torch.nn.Module:
+    """Wrap `model` with LoRA adapters; the task head and the `new` modules (weights the checkpoint did
+    not hold) stay trainable and are saved with the adapter."""
     import peft
 
     model_type = getattr(model.config, "model_type", "")
@@ -215,7 +251,7 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task: Task) -> torch.nn
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(targets),
-        modules_to_save=head_modules(model, task) or None,
+        modules_to_save=sorted({*head_modules(model, task), *new}) or None,
         task_type=getattr(peft.TaskType, task.peft_task_type) if task.peft_task_type else None,
     )
     return peft.get_peft_model(model, config)
