@@ -29,6 +29,7 @@ __all__ = [
     "gather",
     "module_metrics",
     "perplexity",
+    "rank_share",
 ]
 
 
@@ -41,6 +42,15 @@ def gather(items: list[Any]) -> list[Any]:
     everything: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everything, items)
     return [x for part in everything for x in part]
+
+
+def rank_share() -> tuple[int, int]:
+    """(rank, world size) of this worker in torch.distributed, or (0, 1) without it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 class Evaluator:

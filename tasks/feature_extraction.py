@@ -21,7 +21,7 @@ from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, trun
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.checkpoint import pool
-from rayformers.tasks.evaluation import Evaluator
+from rayformers.tasks.evaluation import Evaluator, gather, rank_share
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import ParametersModel
 
@@ -64,14 +64,25 @@ def tokenize_embedding_pairs(
     return out
 
 
-def recall_at_1(anchors: np.ndarray, positives: np.ndarray) -> dict[str, float]:
-    """How often each anchor's nearest positive (cosine) is its own pair, over the whole split."""
+def recall_at_1(
+    anchors: np.ndarray, positives: np.ndarray, *, chunk: int = 1024, share: tuple[int, int] = (0, 1)
+) -> dict[str, float]:
+    """How often each anchor's nearest positive (cosine) is its own pair, over the whole split. The
+    similarities are taken `chunk` anchors at a time (memory chunk x N, never N x N: 50k rows would be
+    10 GB); with `share=(rank, world)` a rank scores only its share of the anchors and the hits are summed
+    over ranks, so each rank does 1/world of the work."""
     if len(anchors) == 0:
         return {"recall_at_1": 0.0}
     a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True).clip(1e-12)
     p = positives / np.linalg.norm(positives, axis=1, keepdims=True).clip(1e-12)
-    nearest = (a @ p.T).argmax(axis=1)
-    return {"recall_at_1": float((nearest == np.arange(len(a))).mean())}
+    rank, world = share
+    mine = np.arange(rank, len(a), world)
+    hits = 0
+    for start in range(0, len(mine), chunk):
+        rows = mine[start : start + chunk]
+        hits += int(((a[rows] @ p.T).argmax(axis=1) == rows).sum())
+    total = sum(gather([hits])) if world > 1 else hits
+    return {"recall_at_1": total / len(a)}
 
 
 def embed_pair(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +104,7 @@ class EmbeddingEvaluator(Evaluator):
     def score(self, rows: list[Any]) -> dict[str, float]:
         if not rows:
             return {"recall_at_1": 0.0}
-        return recall_at_1(np.stack([a for a, _ in rows]), np.stack([p for _, p in rows]))
+        return recall_at_1(np.stack([a for a, _ in rows]), np.stack([p for _, p in rows]), share=rank_share())
 
 
 class FeatureExtractionHandler(Handler):

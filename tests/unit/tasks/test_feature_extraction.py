@@ -65,3 +65,21 @@ def test_training_embeds_a_text_exactly_as_serving_does(handler):
 
 def test_default_pooling_comes_from_the_manifest(handler):
     assert handler.loaded.manifest.pooling == "mean" and handler.default_pooling == "mean"
+
+
+def test_recall_at_1_is_taken_in_chunks_and_shares_without_an_n_by_n_matrix():
+    import numpy as np
+
+    from rayformers.tasks.feature_extraction import recall_at_1
+
+    rng = np.random.default_rng(0)
+    anchors = rng.normal(size=(101, 8)).astype(np.float32)
+    positives = anchors + rng.normal(scale=1.2, size=anchors.shape).astype(np.float32)
+    a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+    p = positives / np.linalg.norm(positives, axis=1, keepdims=True)
+    expected = float(((a @ p.T).argmax(axis=1) == np.arange(101)).mean())
+    assert 0.1 < expected < 0.95  # neither trivial nor hopeless
+    assert recall_at_1(anchors, positives, chunk=7)["recall_at_1"] == pytest.approx(expected)
+    # Each of 3 ranks scores its share: the shares' hits add up to the whole split's.
+    shares = [recall_at_1(anchors, positives, chunk=5, share=(r, 3))["recall_at_1"] for r in range(3)]
+    assert sum(shares) == pytest.approx(expected)
