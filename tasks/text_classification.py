@@ -54,7 +54,8 @@ class ClassificationParameters(ParametersModel):
     )
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         default=None,
-        description="How logits become scores. Unset: sigmoid for multi-label models, else softmax.",
+        description="How logits become scores. Unset: as transformers' pipeline: none for regression, sigmoid "
+        "for multi-label and one-logit models, else softmax.",
     )
 
 
@@ -91,6 +92,18 @@ def classification_metrics(
         fn = float(((preds != c) & (refs == c)).sum())
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     return {"accuracy": accuracy, "f1": float(np.mean(scores))}
+
+
+def default_function(config: Any) -> Literal["softmax", "sigmoid", "none"]:
+    """How a model's logits become scores when the request does not say, as transformers' pipeline decides:
+    raw for regression, independent sigmoids for multi-label heads and one-logit heads (a reranker or a
+    binary scorer, whose softmax would always be 1.0), else softmax."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or getattr(config, "num_labels", 2) == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 def scores_from_logits(logits: torch.Tensor, function: str) -> torch.Tensor:
@@ -149,11 +162,7 @@ class TextClassificationHandler(Handler):
 
     def _predict(self, inputs: list[str | TextPair], parameters: list[ClassificationParameters]) -> list[Any]:
         logits = self.forward_rows(self.encode(inputs), lambda out, rows: list(out.logits.float().cpu()))
-        default = (
-            "sigmoid"
-            if getattr(self.model.config, "problem_type", None) == "multi_label_classification"
-            else "softmax"
-        )
+        default = default_function(self.model.config)
         names = self.label_names()
         outputs: list[Any] = []
         for row, params in zip(logits, parameters, strict=True):

@@ -86,3 +86,22 @@ def test_long_text_is_truncated_to_max_length(handler):
     (output,) = handler.predict([long])
     truncated = direct_logits(handler, [long]).softmax(-1)[0]
     assert output["score"] == pytest.approx(float(truncated.max()), abs=1e-5)
+
+
+def test_a_one_logit_head_scores_with_a_sigmoid_as_transformers_does(tmp_path):
+    """A reranker or binary scorer with one output: a softmax over one logit is always 1.0."""
+    from tests.checkpoint_factory import make_checkpoint
+
+    one = build_handler(
+        load_checkpoint(str(make_checkpoint("text-classification", tmp_path / "one", labels=["relevant"])))
+    )
+    texts = ["the movie was great", "it rains all day long on the plain"]
+    answers = one.predict(texts, {"top_k": None})
+    expected = direct_logits(one, texts)[:, 0].sigmoid().tolist()
+    assert [a[0]["score"] for a in answers] == pytest.approx(expected, abs=1e-5)
+    assert len({round(a[0]["score"], 6) for a in answers}) == 2  # scores, not a constant 1.0
+    # and as transformers' pipeline scores the same checkpoint
+    from transformers import pipeline
+
+    theirs = pipeline("text-classification", model=str(tmp_path / "one"))(texts)
+    assert [t["score"] for t in theirs] == pytest.approx(expected, abs=1e-5)
