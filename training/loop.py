@@ -6,7 +6,6 @@ import contextlib
 import math
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ class LoopConfig(BaseModel):
     train_rows: int
     data_fingerprint: str
     has_validation: bool
+    launched_at: float | None = None  # wall clock when `rayformers train` started: timing is measured from it
 
 
 def _precision(run: RunConfig) -> torch.dtype | None:
@@ -44,9 +44,22 @@ def _precision(run: RunConfig) -> torch.dtype | None:
     return torch.float16
 
 
+def torch_threads(run: RunConfig) -> int | None:
+    """The intra-op threads a CPU worker should use: the CPUs it reserved (at least one), unless the
+    user set OMP_NUM_THREADS for the cluster themselves. None: leave torch as it is (GPU workers)."""
+    if run.train.use_gpu or "OMP_NUM_THREADS" in run.cluster.env_vars:
+        return None
+    return max(1, int(run.train.cpus_per_worker))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, evaluate and checkpoint on one worker of a Ray Train run."""
     cfg = LoopConfig.model_validate(config)
+    threads = torch_threads(cfg.run)
+    if threads is not None and torch.get_num_threads() != threads:
+        # A worker's torch follows OMP_NUM_THREADS, which Ray sets (or not) from the actor's CPUs; a
+        # worker that reserved N CPUs computes on N threads, neither oversubscribing nor idling cores.
+        torch.set_num_threads(threads)
     import ray.train
     import ray.train.torch
     from transformers import get_scheduler
@@ -69,6 +82,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train = run.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    progress = Progress(
+        rank == 0, 0, train.log_every_steps, run.train.storage_path, run.run_name, launched_at=cfg.launched_at
+    )
+    progress.stage("workers_started")
     tokenizer = load_tokenizer(
         run.model.tokenizer_source,
         task.name,
@@ -150,23 +167,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mlm_probability=run.data.mlm_probability,
         seed=train.seed + rank,
     )
-    progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.run_name)
+    progress.total = total_steps
+    progress.stage("model_ready")
     eval_every = train.eval_every_steps or steps_per_epoch
     train_shard = ray.train.get_dataset_shard("train")
     model.train()
 
-    interval = [
-        0.0,
-        0,
-    ]  # training loss summed over the optimizer steps since the last report, and their count
+    # Training loss summed over the optimizer steps since the last report (on the device: read only
+    # when reported), and their count.
+    interval: list[Any] = [torch.zeros((), device=device), 0]
 
     def report(epoch: int) -> None:
         metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
-        losses = [(s, n) for s, n in gather([tuple(interval)]) if n]
+        losses = [(s, n) for s, n in gather([(float(interval[0]), interval[1])]) if n]
         if losses:
             # Mean training loss over the interval, across all workers: the curve a user watches fall.
             metrics["train_loss"] = sum(s for s, _ in losses) / sum(n for _, n in losses)
-        interval[:] = [0.0, 0]
+        interval[:] = [torch.zeros((), device=device), 0]
         if cfg.has_validation:
             # NumPy batches collated here, not `iter_torch_batches`: evaluation batches carry non-tensor
             # columns (QA's example ids and texts) that Ray's device transfer refuses. `evaluate` moves
@@ -193,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch,
             "history": history,
             "resumed_from": resumed_from,
+            "timing": {**progress.timing(), "torch_threads": torch.get_num_threads()},
         }
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -231,14 +249,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=max(4 * train.batch_size, 256),
             local_shuffle_seed=train.seed + epoch,
         )
-        micro, started = 0, time.monotonic()
+        micro = 0
         optimizer.zero_grad(set_to_none=True)
         done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
-        window_loss, window_tokens = torch.zeros((), device=device), torch.zeros((), device=device)
+        window_loss = torch.zeros((), device=device)
+        window_tokens = torch.zeros((), dtype=torch.long, device=device)
         window_rows = 0
         for batch in batches:
             if micro >= micro_per_epoch or step >= total_steps:
                 break
+            if "first_batch" not in progress.stages:
+                progress.stage("first_batch")
             micro += 1
             if micro <= done_before:
                 continue
@@ -264,18 +285,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            # the mean loss of the step's micro-batches, and their tokens: one host sync per step
-            step_loss, step_tokens = torch.stack([window_loss, window_tokens.float()]).tolist()
-            interval[0] += step_loss
+            # The mean loss of the step's micro-batches and their tokens stay on the device: progress
+            # reads them on the steps that log, so a step waits for the host only there.
+            interval[0] += window_loss
             interval[1] += 1
             progress.step(
                 step,
                 epoch,
-                step_loss,
+                window_loss,
                 scheduler.get_last_lr()[0],
                 window_rows * world,
-                int(step_tokens) * world,
-                started,
+                window_tokens * world,
             )
             window_loss.zero_()
             window_tokens.zero_()
