@@ -6,6 +6,8 @@ import contextlib
 import math
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,20 +64,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
     import ray.train
     import ray.train.torch
-    from transformers import get_scheduler
 
     from rayformers.data.tokenizer import load_tokenizer
-    from rayformers.manifest import package_versions
     from rayformers.tasks import get_task
-    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, load_model, read_manifest
-    from rayformers.tasks.evaluation import evaluate, gather
-    from rayformers.training.checkpoint import (
-        ResumeError,
-        load_training_state,
-        resume_differences,
-        write_checkpoint,
-    )
-    from rayformers.training.model import build_model, parameter_counts
     from rayformers.training.progress import Progress
 
     run, settings, task = cfg.run, cfg.settings, get_task(cfg.settings.task)
@@ -92,6 +83,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         revision=run.model.tokenizer_revision,
         trust_remote_code=run.model.trust_remote_code,
     )
+    collator = task.collator(
+        tokenizer,
+        pad_to_multiple_of=run.data.pad_to_multiple_of,
+        mlm_probability=run.data.mlm_probability,
+        seed=train.seed + rank,
+    )
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int) -> Iterable[dict[str, Any]]:
+        return train_shard.iter_torch_batches(  # type: ignore[no-any-return]
+            batch_size=train.batch_size,
+            collate_fn=collator,
+            device=device,
+            local_shuffle_buffer_size=max(4 * train.batch_size, 256),
+            local_shuffle_seed=train.seed + epoch,
+        )
+
+    checkpoint = ray.train.get_checkpoint()
+    # A fresh run starts reading its first epoch now: Ray Data's split coordinator starts and the first
+    # batches arrive while the model stack imports and the model loads, not after.
+    early = StartedBatches(epoch_batches(0)) if checkpoint is None else None
+
+    from transformers import get_scheduler
+
+    from rayformers.manifest import package_versions
+    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, load_model, read_manifest
+    from rayformers.tasks.evaluation import evaluate, gather
+    from rayformers.training.checkpoint import (
+        ResumeError,
+        load_training_state,
+        resume_differences,
+        write_checkpoint,
+    )
+    from rayformers.training.model import build_model, parameter_counts
+
     # A LoRA run over a base built from scratch saves that base with every checkpoint (rank 0 writes).
     base_dir = None
     if run.model.method == "lora" and run.model.from_scratch is not None and rank == 0:
@@ -101,7 +128,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if run.model.method == "lora" and run.model.from_scratch is not None
         else run.model.name or run.model.from_scratch.architecture  # type: ignore[union-attr]
     )
-    checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     if checkpoint is not None:
         # Resumed: the model comes back from the checkpoint as every reader loads it (full weights, or
@@ -132,7 +158,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": task.ddp_find_unused_parameters}
     )
-    device = ray.train.torch.get_device()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.AdamW(
@@ -161,16 +186,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = [*state.get("resumed_from", []), step]
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
-    collator = task.collator(
-        tokenizer,
-        pad_to_multiple_of=run.data.pad_to_multiple_of,
-        mlm_probability=run.data.mlm_probability,
-        seed=train.seed + rank,
-    )
     progress.total = total_steps
     progress.stage("model_ready")
     eval_every = train.eval_every_steps or steps_per_epoch
-    train_shard = ray.train.get_dataset_shard("train")
     model.train()
 
     # Training loss summed over the optimizer steps since the last report (on the device: read only
@@ -242,13 +260,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, epochs):
         skip = step - epoch * steps_per_epoch  # resumed mid-epoch: pass over the batches already trained on
-        batches = train_shard.iter_torch_batches(
-            batch_size=train.batch_size,
-            collate_fn=collator,
-            device=device,
-            local_shuffle_buffer_size=max(4 * train.batch_size, 256),
-            local_shuffle_seed=train.seed + epoch,
-        )
+        batches = early if early is not None and epoch == 0 else epoch_batches(epoch)
         micro = 0
         optimizer.zero_grad(set_to_none=True)
         done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
@@ -305,6 +317,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step >= total_steps:
             break
     progress.close()
+
+
+class StartedBatches:
+    """An iterable of batches whose first batch is fetched at once, in a thread: the data pipeline
+    starts while the caller does other work. Iterating waits for that batch, then continues the same
+    iterator; an error the fetch met is raised there."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._iterator = iter(batches)
+        self._first: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="rayformers-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._iterator))
+        except StopIteration:
+            pass
+        except BaseException as err:  # handed to the iterating thread, which raises it
+            self._error = err
+
+    def __iter__(self) -> Iterator[Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._iterator
 
 
 def _save_clean_base(model: Any, directory: Path) -> None:

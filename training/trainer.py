@@ -283,6 +283,9 @@ def _run(cfg: RunConfig) -> TrainResult:
         datasets[split] = ray.data.read_parquet(
             shards.path, filesystem=run_dir.fs, columns=wanted, num_cpus=0
         )
+        # Each worker's progress line says how training goes; a bar per pass over the shards, redrawn
+        # every second for the whole run, would take CPU from the workers and bury those lines.
+        datasets[split].context.enable_progress_bars = False
     metric = cfg.train.metric or task.default_metric_for(manifest.preprocessing)
     mode = cfg.train.metric_mode or ("min" if task.metric_is_lower_better(metric) else "max")
     loop = LoopConfig(
