@@ -40,6 +40,7 @@ LEARNING_RATE = 5e-5
 TRAIN_ROWS = 2048  # one epoch holds more than STEPS batches: neither side starts a second epoch
 VALIDATION_ROWS = 256
 LABELS = ("negative", "positive")
+ROUNDS = 2  # each side runs this often, alternating; the best round of each is compared
 
 # The Hugging Face course's training loop (chapter 3, "A full training"), on local files. It reads
 # its settings from argv and prints one JSON line of timings.
@@ -203,17 +204,34 @@ def _row(
             "ratio": ratio, "target": target}  # fmt: skip
 
 
+def _best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best round of one side: highest steady state, lowest whole-process and first-step times
+    (other processes on a shared machine only ever slow a round down)."""
+    best = dict(min(rounds, key=lambda r: r["first_step_s"]))  # its stages explain its first step
+    best["steady_samples_per_s"] = max(r["steady_samples_per_s"] for r in rounds)
+    best["whole_process_s"] = min(r["whole_process_s"] for r in rounds)
+    best["first_step_s"] = min(r["first_step_s"] for r in rounds)
+    best["rounds"] = rounds
+    return best
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = models.build("classifier", Path(tempfile.gettempdir()) / "rayformers-bench-models")
-    with tempfile.TemporaryDirectory(prefix="rayformers-bench-training-") as tmp:
-        work = Path(tmp)
-        train, validation = _write_data(work)
-        plain = _baseline(model_dir, train, validation, work, args.logs)
-        print(f"[bench] training plain loop: {plain['steady_samples_per_s']:.1f} samples/s, "
-              f"{plain['whole_process_s']:.0f} s in all", flush=True)  # fmt: skip
-        ours = _rayformers(model_dir, train, validation, work, args.logs)
-        print(f"[bench] training rayformers: {ours['steady_samples_per_s']:.1f} samples/s, "
-              f"{ours['whole_process_s']:.0f} s in all, first step after {ours['first_step_s']:.1f} s", flush=True)  # fmt: skip
+    sides: dict[str, list[dict[str, Any]]] = {"plain": [], "ours": []}
+    for number in range(ROUNDS):
+        # Alternate which side goes first, so neither always runs on a warmer (or busier) machine.
+        order = ("plain", "ours") if number % 2 == 0 else ("ours", "plain")
+        for side in order:
+            with tempfile.TemporaryDirectory(prefix="rayformers-bench-training-") as tmp:
+                work = Path(tmp)
+                train, validation = _write_data(work)
+                measure = _baseline if side == "plain" else _rayformers
+                measured = measure(model_dir, train, validation, work, args.logs)
+            sides[side].append(measured)
+            print(f"[bench] training round {number + 1} {'plain loop' if side == 'plain' else 'rayformers'}: "
+                  f"{measured['steady_samples_per_s']:.1f} samples/s, {measured['whole_process_s']:.0f} s in all, "
+                  f"first step after {measured['first_step_s']:.1f} s", flush=True)  # fmt: skip
+    plain, ours = _best(sides["plain"]), _best(sides["ours"])
     comparisons = [
         _row("steady-state training", ours["steady_samples_per_s"], plain["steady_samples_per_s"], "samples/s", ">= 0.9"),
         _row(f"whole process, {STEPS} steps", ours["whole_process_s"], plain["whole_process_s"], "s", None),
@@ -223,7 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes = [
         f"Full fine-tuning of a MiniLM-L6-size classifier (random weights, loaded from a directory as a "
         f"pretrained model), batch {BATCH_SIZE}, max_length {MAX_LENGTH}, {STEPS} optimizer steps on "
-        f"{TRAIN_ROWS} rows; steady state excludes the first {WARMUP_STEPS} steps.",
+        f"{TRAIN_ROWS} rows; steady state excludes the first {WARMUP_STEPS} steps. Each side ran {ROUNDS} times, "
+        "alternating which went first; the table compares each side's best round (all rounds are in the JSON).",
         f"Baseline: the Hugging Face course's plain loop in its own process (torch threads: {plain['threads']}). "
         f"rayformers: `rayformers train` with 1 worker x 2 CPUs (torch threads in the worker: {ours['threads']}).",
         "Both include loading, tokenizing, one evaluation of the validation split and saving the model; "
