@@ -15,7 +15,7 @@ import torch
 
 from rayformers.data.preprocess import IGNORE_INDEX
 
-__all__ = ["MaskingCollator", "PaddingCollator"]
+__all__ = ["MaskingCollator", "PaddingCollator", "read_columns"]
 
 # Columns padded with the tokenizer's pad id, with 0, or with the ignored label.
 _PAD_WITH_TOKEN = {"input_ids", "pair_input_ids"}
@@ -28,6 +28,14 @@ _PAD_WITH_ZERO = {
 }
 # One number per row that a loss reads (extractive QA's answer positions); `labels` may be one too.
 _SCALARS = {"start_positions", "end_positions"}
+
+
+def read_columns(available: Sequence[str], passthrough: frozenset[str] = frozenset()) -> list[str]:
+    """The columns of `available` that a collator reads (with `passthrough` as evaluation asks): all a
+    run needs to load from its shards. Anything else there (`truncated`, which statistics read) is
+    never decoded or handed to the batches."""
+    wanted = _PAD_WITH_TOKEN | _PAD_WITH_ZERO | _SCALARS | {"labels"} | passthrough
+    return [c for c in available if c in wanted]
 
 
 def _pad(rows: Sequence[Any], value: int, multiple: int | None) -> torch.Tensor:

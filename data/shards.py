@@ -18,7 +18,7 @@ from rayformers.data.tokenized import TokenizedData
 from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
 
-__all__ = ["MANIFEST", "check_empty", "read_manifest", "read_tokenized", "write_tokenized"]
+__all__ = ["MANIFEST", "check_empty", "columns_of", "read_manifest", "read_tokenized", "write_tokenized"]
 
 
 MANIFEST = "manifest.json"
@@ -61,7 +61,7 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
         summary = _summarize_shards(out / name, settings)
         if summary.rows == 0:
             raise DataError(f"data.{name}: no rows are left after reading and filtering; check the source")
-        columns = columns or _columns(out / name)
+        columns = columns or columns_of(out / name)
         splits[name] = summary
     skipped = bad()
     manifest = DataManifest(
@@ -86,7 +86,8 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
     return manifest
 
 
-def _columns(shards: Location) -> list[str]:
+def columns_of(shards: Location) -> list[str]:
+    """The columns of the Parquet shards at `shards` (from their schema; no rows are read)."""
     return list(pads.dataset(shards.path, filesystem=shards.fs, format="parquet").schema.names)
 
 

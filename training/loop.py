@@ -6,7 +6,8 @@ import contextlib
 import math
 import shutil
 import tempfile
-import time
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class LoopConfig(BaseModel):
     has_validation: bool
     run_dir: str
     """The run's directory in storage (absolute, or a cloud URI): checkpoints land in it."""
+    launched_at: float | None = None  # wall clock when `rayformers train` started: timing is measured from it
 
 
 def _precision(run: RunConfig) -> torch.dtype | None:
@@ -46,16 +48,69 @@ def _precision(run: RunConfig) -> torch.dtype | None:
     return torch.float16
 
 
+def torch_threads(run: RunConfig) -> int | None:
+    """The intra-op threads a CPU worker should use: the CPUs it reserved (at least one), unless the
+    user set OMP_NUM_THREADS for the cluster themselves. None: leave torch as it is (GPU workers)."""
+    if run.train.use_gpu or "OMP_NUM_THREADS" in run.cluster.env_vars:
+        return None
+    return max(1, int(run.train.cpus_per_worker))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train, evaluate and checkpoint on one worker of a Ray Train run."""
     cfg = LoopConfig.model_validate(config)
+    threads = torch_threads(cfg.run)
+    if threads is not None and torch.get_num_threads() != threads:
+        # A worker's torch follows OMP_NUM_THREADS, which Ray sets (or not) from the actor's CPUs; a
+        # worker that reserved N CPUs computes on N threads, neither oversubscribing nor idling cores.
+        torch.set_num_threads(threads)
     import ray.train
     import ray.train.torch
-    from transformers import get_scheduler
 
     from rayformers.data.tokenizer import load_tokenizer
-    from rayformers.manifest import package_versions
     from rayformers.tasks import get_task
+    from rayformers.training.progress import Progress
+
+    run, settings, task = cfg.run, cfg.settings, get_task(cfg.settings.task)
+    train = run.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    progress = Progress(
+        rank == 0, 0, train.log_every_steps, run.train.storage_path, run.run_name, launched_at=cfg.launched_at
+    )
+    progress.stage("workers_started")
+    tokenizer = load_tokenizer(
+        run.model.tokenizer_source,
+        task.name,
+        revision=run.model.tokenizer_revision,
+        trust_remote_code=run.model.trust_remote_code,
+    )
+    collator = task.collator(
+        tokenizer,
+        pad_to_multiple_of=run.data.pad_to_multiple_of,
+        mlm_probability=run.data.mlm_probability,
+        seed=train.seed + rank,
+    )
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int) -> Iterable[dict[str, Any]]:
+        return train_shard.iter_torch_batches(  # type: ignore[no-any-return]
+            batch_size=train.batch_size,
+            collate_fn=collator,
+            device=device,
+            local_shuffle_buffer_size=max(4 * train.batch_size, 256),
+            local_shuffle_seed=train.seed + epoch,
+        )
+
+    checkpoint = ray.train.get_checkpoint()
+    # A fresh run starts reading its first epoch now: Ray Data's split coordinator starts and the first
+    # batches arrive while the model stack imports and the model loads, not after.
+    early = StartedBatches(epoch_batches(0)) if checkpoint is None else None
+
+    from transformers import get_scheduler
+
+    from rayformers.manifest import package_versions
     from rayformers.tasks.checkpoint import BASE_MODEL_DIR, embeds_base, load_model, read_manifest
     from rayformers.tasks.evaluation import evaluate, gather
     from rayformers.training.checkpoint import (
@@ -65,18 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         write_checkpoint,
     )
     from rayformers.training.model import build_model, parameter_counts
-    from rayformers.training.progress import Progress
 
-    run, settings, task = cfg.run, cfg.settings, get_task(cfg.settings.task)
-    train = run.train
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    tokenizer = load_tokenizer(
-        run.model.tokenizer_source,
-        task.name,
-        revision=run.model.tokenizer_revision,
-        trust_remote_code=run.model.trust_remote_code,
-    )
     # A LoRA run over a base built from scratch, or for a task with labels, saves that base with every
     # checkpoint (rank 0 writes).
     base_dir = None
@@ -87,7 +131,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if run.model.method == "lora" and run.model.from_scratch is not None
         else run.model.name or run.model.from_scratch.architecture  # type: ignore[union-attr]
     )
-    checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     if checkpoint is not None:
         # Resumed: the model comes back from the checkpoint as every reader loads it (full weights, or
@@ -120,7 +163,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": task.ddp_find_unused_parameters}
     )
-    device = ray.train.torch.get_device()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.AdamW(
@@ -149,29 +191,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = [*state.get("resumed_from", []), step]
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
-    collator = task.collator(
-        tokenizer,
-        pad_to_multiple_of=run.data.pad_to_multiple_of,
-        mlm_probability=run.data.mlm_probability,
-        seed=train.seed + rank,
-    )
-    progress = Progress(rank == 0, total_steps, train.log_every_steps, run.train.storage_path, run.run_name)
+    progress.total = total_steps
+    progress.stage("model_ready")
     eval_every = train.eval_every_steps or steps_per_epoch
-    train_shard = ray.train.get_dataset_shard("train")
     model.train()
 
-    interval = [
-        0.0,
-        0,
-    ]  # training loss summed over the optimizer steps since the last report, and their count
+    # Training loss summed over the optimizer steps since the last report (on the device: read only
+    # when reported), and their count.
+    interval: list[Any] = [torch.zeros((), device=device), 0]
 
     def report(epoch: int) -> None:
         metrics: dict[str, float] = {"step": float(step), "epoch": float(epoch)}
-        losses = [(s, n) for s, n in gather([tuple(interval)]) if n]
+        losses = [(s, n) for s, n in gather([(float(interval[0]), interval[1])]) if n]
         if losses:
             # Mean training loss over the interval, across all workers: the curve a user watches fall.
             metrics["train_loss"] = sum(s for s, _ in losses) / sum(n for _, n in losses)
-        interval[:] = [0.0, 0]
+        interval[:] = [torch.zeros((), device=device), 0]
         if cfg.has_validation:
             # NumPy batches collated here, not `iter_torch_batches`: evaluation batches carry non-tensor
             # columns (QA's example ids and texts) that Ray's device transfer refuses. `evaluate` moves
@@ -198,6 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch": epoch,
             "history": history,
             "resumed_from": resumed_from,
+            "timing": {**progress.timing(), "torch_threads": torch.get_num_threads()},
         }
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -229,21 +265,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, epochs):
         skip = step - epoch * steps_per_epoch  # resumed mid-epoch: pass over the batches already trained on
-        batches = train_shard.iter_torch_batches(
-            batch_size=train.batch_size,
-            collate_fn=collator,
-            device=device,
-            local_shuffle_buffer_size=max(4 * train.batch_size, 256),
-            local_shuffle_seed=train.seed + epoch,
-        )
-        micro, started = 0, time.monotonic()
+        batches = early if early is not None and epoch == 0 else epoch_batches(epoch)
+        micro = 0
         optimizer.zero_grad(set_to_none=True)
         done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
-        window_loss, window_tokens = torch.zeros((), device=device), torch.zeros((), device=device)
+        window_loss = torch.zeros((), device=device)
+        window_tokens = torch.zeros((), dtype=torch.long, device=device)
         window_rows = 0
         for batch in batches:
             if micro >= micro_per_epoch or step >= total_steps:
                 break
+            if "first_batch" not in progress.stages:
+                progress.stage("first_batch")
             micro += 1
             if micro <= done_before:
                 continue
@@ -269,18 +302,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            # the mean loss of the step's micro-batches, and their tokens: one host sync per step
-            step_loss, step_tokens = torch.stack([window_loss, window_tokens.float()]).tolist()
-            interval[0] += step_loss
+            # The mean loss of the step's micro-batches and their tokens stay on the device: progress
+            # reads them on the steps that log, so a step waits for the host only there.
+            interval[0] += window_loss
             interval[1] += 1
             progress.step(
                 step,
                 epoch,
-                step_loss,
+                window_loss,
                 scheduler.get_last_lr()[0],
                 window_rows * world,
-                int(step_tokens) * world,
-                started,
+                window_tokens * world,
             )
             window_loss.zero_()
             window_tokens.zero_()
@@ -290,6 +322,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step >= total_steps:
             break
     progress.close()
+
+
+class StartedBatches:
+    """An iterable of batches whose first batch is fetched at once, in a thread: the data pipeline
+    starts while the caller does other work. Iterating waits for that batch, then continues the same
+    iterator; an error the fetch met is raised there."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self._iterator = iter(batches)
+        self._first: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="rayformers-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._iterator))
+        except StopIteration:
+            pass
+        except BaseException as err:  # handed to the iterating thread, which raises it
+            self._error = err
+
+    def __iter__(self) -> Iterator[Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._iterator
 
 
 def _save_clean_base(model: Any, directory: Path) -> None:

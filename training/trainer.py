@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from rayformers.config import RunConfig
+from rayformers.data.collate import read_columns
 from rayformers.data.pipeline import build_tokenized
 from rayformers.data.rows import DataError
-from rayformers.data.shards import MANIFEST, read_manifest, write_tokenized
+from rayformers.data.shards import MANIFEST, columns_of, read_manifest, write_tokenized
 from rayformers.data.storage import Location, is_remote
 from rayformers.errors import UserError
 from rayformers.manifest import DataManifest
@@ -89,8 +91,6 @@ def wait_for_free_resources(cfg: RunConfig, timeout_s: float = WORKER_WAIT_S) ->
     that says what is held. Ray Train V2 itself retries a worker group that cannot start without limit,
     so a cluster whose CPUs something else holds (another job, a Serve replica, a leftover actor) would
     otherwise make the run wait forever without a word."""
-    import time
-
     train = cfg.train
     wanted = {"CPU": train.num_workers * train.cpus_per_worker}
     if train.use_gpu:
@@ -246,7 +246,17 @@ def check_storage(cfg: RunConfig, alive_nodes: int) -> None:
         )
 
 
+def launch_time() -> float:
+    """The wall clock when this process started (`rayformers train`, or the script that called us):
+    the run's timing counts from there, so Ray's start and Python's imports are in it."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
 def _run(cfg: RunConfig) -> TrainResult:
+    launched_at = launch_time()
+    stages = {"ray_started": time.time() - launched_at}
     check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
     name = cfg.run_name
     try:
@@ -256,22 +266,32 @@ def _run(cfg: RunConfig) -> TrainResult:
     run_dir = storage / name
     run_dir.mkdir()
     manifest = _tokenize_once(cfg, run_dir)
+    stages["data_ready"] = time.time() - launched_at
     # Training workers hold their CPUs for the whole run: reading the shards reserves none, so it never
     # waits behind them (reading Parquet is light next to the model's work). The V2 file datasource
     # plans a file-listing task that asks for a whole CPU whatever `num_cpus` says, and would wait forever.
     ray.data.DataContext.get_current().use_datasource_v2 = False
     wait_for_free_resources(cfg, WORKER_WAIT_S if cfg.cluster.address is None else AUTOSCALE_WAIT_S)
-    datasets = {
-        split: ray.data.read_parquet((run_dir / "tokenized" / split).path, filesystem=run_dir.fs, num_cpus=0)
-        for split in ("train", "validation")
-        if split in manifest.splits
-    }
     task = get_task(cfg.model.task)
+    datasets = {}
+    for split in (s for s in ("train", "validation") if s in manifest.splits):
+        shards = run_dir / "tokenized" / split
+        # Only what the collator reads is decoded and handed to the workers.
+        wanted = read_columns(
+            columns_of(shards), task.evaluation_columns if split == "validation" else frozenset()
+        )
+        datasets[split] = ray.data.read_parquet(
+            shards.path, filesystem=run_dir.fs, columns=wanted, num_cpus=0
+        )
+        # Each worker's progress line says how training goes; a bar per pass over the shards, redrawn
+        # every second for the whole run, would take CPU from the workers and bury those lines.
+        datasets[split].context.enable_progress_bars = False
     metric = cfg.train.metric or task.default_metric_for(manifest.preprocessing)
     mode = cfg.train.metric_mode or ("min" if task.metric_is_lower_better(metric) else "max")
     loop = LoopConfig(
         run=cfg, settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
         data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets, run_dir=str(run_dir),
+        launched_at=launched_at,
     )  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -301,6 +321,7 @@ def _run(cfg: RunConfig) -> TrainResult:
         datasets=datasets,
         dataset_config=IngestConfig(datasets_to_split=list(datasets)),
     )
+    stages["trainer_started"] = time.time() - launched_at
     result = trainer.fit()
     best = _best(
         result, metric if "validation" in datasets else "step", mode if "validation" in datasets else "max"
@@ -313,7 +334,7 @@ def _run(cfg: RunConfig) -> TrainResult:
         "mode": mode,
         "best_checkpoint": best[0],
         "best_metrics": best[1],
-        **_history(storage.at(latest)),
+        **_history(storage.at(latest), stages),
         "data": manifest.model_dump(mode="json")["splits"],
     }
     summary_path = run_dir / "summary.json"
@@ -332,8 +353,9 @@ def _best(result: Any, metric: str, mode: str) -> tuple[str, dict[str, Any]]:
     return pick(candidates, key=lambda c: c[1][metric])
 
 
-def _history(checkpoint: Location) -> dict[str, Any]:
-    """Metric history and the steps the run resumed from, as the latest checkpoint recorded them."""
+def _history(checkpoint: Location, stages: dict[str, float]) -> dict[str, Any]:
+    """Metric history, the steps the run resumed from and the timing of its last attempt (the driver's
+    `stages` joined to the workers'), as the latest checkpoint recorded them."""
     from rayformers.tasks.checkpoint import TRAINING_STATE
     from rayformers.training.checkpoint import load_training_state
 
@@ -344,7 +366,14 @@ def _history(checkpoint: Location) -> dict[str, Any]:
             with checkpoint.fs.open_input_stream((checkpoint / TRAINING_STATE).path) as stream:
                 (local / TRAINING_STATE).write_bytes(bytes(stream.read()))
         state = load_training_state(local)
-    return {"history": list(state.get("history", [])), "resumed_from": list(state.get("resumed_from", []))}
+    timing = dict(state.get("timing", {}))
+    both = {**stages, **timing.get("stages_s", {})}
+    timing["stages_s"] = dict(sorted(both.items(), key=lambda item: item[1]))
+    return {
+        "history": list(state.get("history", [])),
+        "resumed_from": list(state.get("resumed_from", [])),
+        "timing": timing,
+    }
 
 
 def _link_best(run_dir: Location, checkpoint: str) -> None:

@@ -39,6 +39,23 @@ def test_both_methods_reach_090_accuracy(runs):
         assert [h["step"] for h in summary["history"]] == sorted(h["step"] for h in summary["history"])
         assert len(summary["history"]) == summary["config"]["train"]["epochs"]
         assert (Path(result.summary_path).parent / "best").resolve() == Path(result.best_checkpoint).resolve()
+        timing, train = summary["timing"], summary["config"]["train"]
+        stages = ["ray_started", "data_ready", "trainer_started", "workers_started", "model_ready",
+                  "first_batch", "first_step"]  # fmt: skip
+        assert list(timing["stages_s"]) == stages, timing["stages_s"]  # in the order they happened
+        assert 0 < timing["first_step_s"] == timing["stages_s"]["first_step"] <= timing["step_ends_s"][0]
+        steps = summary["history"][-1]["step"]
+        assert len(timing["step_ends_s"]) == steps and timing["step_ends_s"] == sorted(timing["step_ends_s"])
+        assert sum(timing["step_rows"]) == steps * train["batch_size"] * train["num_workers"]
+        assert timing["torch_threads"] == int(train["cpus_per_worker"])
+
+
+def test_each_run_writes_its_tensorboard_events_to_a_folder_of_its_own(runs):
+    # Both runs of the module share no name, but each name's folder holds one attempt's folder.
+    for result in runs.values():
+        attempts = [p for p in (Path(result.summary_path).parent / "tensorboard").iterdir()]
+        assert len(attempts) == 1 and attempts[0].is_dir()
+        assert list(attempts[0].glob("events.out.tfevents.*"))
 
 
 def test_checkpoint_files_are_exactly_these(runs):

@@ -67,3 +67,13 @@ def test_a_result_becomes_json_a_table_and_a_plot(tmp_path):
     saved = json.loads((tmp_path / "fake.json").read_text())
     assert saved["servers"]["naive"][0]["req_per_s"] == 5.0 and "torch" in saved["machine"]["versions"]
     assert (tmp_path / "fake.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_steady_state_leaves_out_the_warm_up_steps():
+    from benchmarks.training import steady_samples_per_s
+
+    # three slow warm-up steps, then 32 rows every 0.5 s: 64 samples/s, whatever the warm-up took
+    ends = [5.0, 9.0, 10.0, 10.5, 11.0, 11.5, 12.0]
+    assert steady_samples_per_s(ends, [32] * 7, warmup=3) == 64.0
+    with pytest.raises(ValueError, match="more than 3 timed steps"):
+        steady_samples_per_s(ends[:3], [32] * 3, warmup=3)

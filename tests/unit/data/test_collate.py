@@ -118,3 +118,22 @@ def test_evaluation_columns_pass_through_as_python_values_only_when_asked():
     assert out["answer_texts"] == [["x", "y"], []]
     assert out["offset_mapping"] == [[[-1, -1], [0, 5]], [[-1, -1]]]
     assert all(type(v) is int for v in out["offset_mapping"][0][1])
+
+
+def test_a_run_reads_only_the_columns_its_collator_uses():
+    from rayformers.data.collate import read_columns
+    from rayformers.tasks import get_task
+
+    shards = ["input_ids", "attention_mask", "token_type_ids", "labels", "truncated"]
+    assert read_columns(shards) == ["input_ids", "attention_mask", "token_type_ids", "labels"]
+    # What the collator reads is what it emits: nothing read is dropped on the way to the model.
+    batch = {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]], "token_type_ids": [[0, 0], [0]],
+             "labels": [0, 1], "truncated": [False, True]}  # fmt: skip
+    assert sorted(PaddingCollator(0)(batch)) == sorted(read_columns(shards))
+    qa = get_task("question-answering")
+    evaluation = [*shards[:3], "example_id", "offset_mapping", "context", "answer_texts", "truncated"]
+    assert read_columns(evaluation, qa.evaluation_columns) == evaluation[:-1]
+    assert read_columns(["input_ids", "special_tokens_mask", "word_ids"]) == [
+        "input_ids",
+        "special_tokens_mask",
+    ]
