@@ -45,7 +45,8 @@ def _comparison_table(result: dict[str, Any]) -> str:
             f"{_value(row.get('baseline'), row['unit'])} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
             f"{'-' if target is None else target} | {met} |"
         )
-    lines += ["", *result.get("notes", [])]
+    for note in result.get("notes", []):
+        lines += ["", note]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -218,12 +218,16 @@ def main() -> None:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     args.logs = Path(tempfile.mkdtemp(prefix="rayformers-bench-logs-"))
     started = time.monotonic()
-    tables = []
     for name in args.names or list(BENCHMARKS):
-        tables.append(report.write(BENCHMARKS[name](args), args.out).read_text())
+        report.write(BENCHMARKS[name](args), args.out)
+    # Every benchmark's latest table, whether this run measured it or an earlier one did.
+    tables = [
+        (args.out / f"{name}.md").read_text() for name in BENCHMARKS if (args.out / f"{name}.md").exists()
+    ]
     (args.out / "README.md").write_text(
         "# Latest benchmark results\n\nWritten by `make bench` (`python -m benchmarks.run`); see "
-        "`benchmarks/README.md` for what each measures.\n\n" + "\n".join(tables)
+        "`benchmarks/README.md` for what each measures, and each `<name>.json` for when it ran.\n\n"
+        + "\n".join(tables)
     )
     print(f"[bench] done in {time.monotonic() - started:.0f} s; logs in {args.logs}; results in {args.out}")
 
