@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rayformers.tasks import TASK_NAMES, TaskName
 
 __all__ = [
+    "MIN_API_KEY_LENGTH",
     "ClusterConfig",
     "DataConfig",
     "FromScratchConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "ServeConfig",
     "SourceConfig",
     "TrainConfig",
+    "api_key_problems",
 ]
 
 
@@ -416,12 +418,62 @@ class ServeAppConfig(_Section):
         return self
 
 
+MIN_API_KEY_LENGTH = 16
+
+
+def api_key_problems(keys: list[str], where: str) -> list[str]:
+    """What makes keys unusable (`where[i]: ...`), never quoting a key: at least MIN_API_KEY_LENGTH
+    printable ASCII characters, without spaces or commas (the environment variable separates keys with
+    commas, and a header cannot hold the rest)."""
+    problems = []
+    for i, key in enumerate(keys):
+        if len(key) < MIN_API_KEY_LENGTH or not all(33 <= ord(c) < 127 and c != "," for c in key):
+            problems.append(
+                f"{where}[{i}] (a key of {len(key)} characters) is not a usable API key: use at least "
+                f"{MIN_API_KEY_LENGTH} printable ASCII characters without spaces or commas, e.g. the output "
+                "of `openssl rand -hex 24`"
+            )
+    return problems
+
+
 class ServeConfig(_Section):
-    """Ray Serve: HTTP settings and the apps to serve."""
+    """Ray Serve: HTTP settings, access and limits, and the apps to serve."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, hide_input_in_errors=True)
 
     host: str = Field(default="127.0.0.1", description="HTTP host ('0.0.0.0' to listen on all interfaces).")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
-    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="Largest request body in bytes: a larger one is read to its end and answered 413 in JSON.",
+    )
+    request_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=3600.0,
+        description="Longest a request may take until its answer starts before it is answered 504 in JSON "
+        "(a stream's events may go on after its first one). Ray Serve's own timeout stays unset: it would "
+        "answer in plain text and cut streams.",
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        repr=False,
+        description="API keys, merged with the comma-separated RAYFORMERS_API_KEYS environment variable. "
+        "With any key, every route but open_routes answers 401 unless the request sends "
+        "`Authorization: Bearer <key>`. Keys in this list are written into `serve build` output; for a "
+        "RayService, set the environment variable from a Kubernetes Secret instead.",
+    )
+    open_routes: list[str] = Field(
+        default_factory=list,
+        description="Paths answered without an API key (exact paths such as '/sentiment/info', or a prefix "
+        "ending in '*'). Serve's own /-/healthz and /-/routes are answered by its proxy and always open.",
+    )
+    expose_paths: bool = Field(
+        default=False,
+        description="Show checkpoint paths and storage URIs in /info and the OpenAPI docs (false: hidden "
+        "from clients).",
+    )
     proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
         default="EveryNode",
         description="Where Serve runs HTTP proxies: every node (behind a load balancer), or the head only "
@@ -431,6 +483,24 @@ class ServeConfig(_Section):
         default_factory=list,
         description="Apps to serve. Empty: one app from this run's best checkpoint, named after the task.",
     )
+
+    @model_validator(mode="after")
+    def _keys_are_usable(self) -> ServeConfig:
+        # A model-level check, so the error names the key's position but never carries the keys.
+        problems = api_key_problems(self.api_keys, "api_keys")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("open_routes")
+    @classmethod
+    def _routes_are_paths(cls, routes: list[str]) -> list[str]:
+        for route in routes:
+            if not route.startswith("/"):
+                raise ValueError(
+                    f"open route {route!r} is not a path; write it from the root, e.g. '/{route}'"
+                )
+        return routes
 
 
 class ClusterConfig(_Section):

@@ -13,12 +13,22 @@ from typing import Any
 from ray.serve import Application
 
 from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
-from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs
+from rayformers.serving.access import env_keys
+from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs, HttpArgs
 from rayformers.serving.errors import CheckpointError
 from rayformers.tasks import get_task
 from rayformers.tasks.checkpoint import MANIFEST, read_manifest
 
-__all__ = ["GATEWAY", "app_args", "build_app", "build_gateway", "checked", "deploy_config", "task_of"]
+__all__ = [
+    "GATEWAY",
+    "app_args",
+    "build_app",
+    "build_gateway",
+    "checked",
+    "deploy_config",
+    "http_args",
+    "task_of",
+]
 
 GATEWAY = "gateway"
 _RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
@@ -85,7 +95,21 @@ def checked(serve: ServeConfig, apps: list[ServeAppConfig]) -> list[AppArgs]:
             raise CheckpointError(f"serve.apps: the name {name!r} is reserved; rename the app")
         if names.count(name) > 1:
             raise CheckpointError(f"serve.apps: two apps are named {name!r}; app names must be unique")
-    return [AppArgs(**a.model_dump(), max_body_bytes=serve.max_body_bytes) for a in apps]
+    http = http_args(serve)
+    return [AppArgs(**a.model_dump(), http=http) for a in apps]
+
+
+def http_args(serve: ServeConfig) -> HttpArgs:
+    """What every route of `serve` shares. Keys from RAYFORMERS_API_KEYS are not copied in (each replica
+    reads its own), but their presence now makes a replica without keys refuse to start."""
+    return HttpArgs(
+        max_body_bytes=serve.max_body_bytes,
+        request_timeout_s=serve.request_timeout_s,
+        api_keys=list(serve.api_keys),
+        require_api_keys=bool(serve.api_keys or env_keys()),
+        open_routes=list(serve.open_routes),
+        expose_paths=serve.expose_paths,
+    )
 
 
 def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
@@ -102,7 +126,7 @@ def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
     ]
     gateway = GatewayArgs(
         apps=[GatewayApp(name=a.name, task=tasks[a.name], adapters=sorted(a.adapters)) for a in apps],  # type: ignore[arg-type]
-        max_body_bytes=serve.max_body_bytes,
+        http=apps[0].http if apps else http_args(serve),
     )
     applications.append(
         {

@@ -8,13 +8,36 @@ from pydantic import BaseModel, ConfigDict, Field
 from rayformers.config import ServeAppConfig
 from rayformers.tasks import TaskName
 
-__all__ = ["AppArgs", "GatewayApp", "GatewayArgs"]
+__all__ = ["AppArgs", "GatewayApp", "GatewayArgs", "HttpArgs"]
+
+
+class HttpArgs(BaseModel):
+    """What every served route shares: access, limits, and what clients may see (from `serve`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+    request_timeout_s: float = Field(
+        default=60.0, gt=0.0, description="Longest wait for an answer before 504."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        repr=False,
+        description="Keys from the config; each replica adds those of its RAYFORMERS_API_KEYS.",
+    )
+    require_api_keys: bool = Field(
+        default=False,
+        description="Keys were configured when this was built: a replica that finds none refuses to start "
+        "rather than serve without them.",
+    )
+    open_routes: list[str] = Field(default_factory=list, description="Paths answered without an API key.")
+    expose_paths: bool = Field(default=False, description="Show storage paths in /info and the docs.")
 
 
 class AppArgs(ServeAppConfig):
-    """`rayformers.serving.app:build_app` arguments: one app's serve config plus the HTTP body limit."""
+    """`rayformers.serving.app:build_app` arguments: one app's serve config plus what all routes share."""
 
-    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+    http: HttpArgs = Field(default_factory=HttpArgs, description="Access, limits and visibility.")
 
     @property
     def ongoing_limit(self) -> int:
@@ -43,4 +66,4 @@ class GatewayArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     apps: list[GatewayApp] = Field(description="Served apps.")
-    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body before 413.")
+    http: HttpArgs = Field(default_factory=HttpArgs, description="Access, limits and visibility.")

@@ -10,6 +10,7 @@ completions and chat, `embed` for embeddings, `rerank` for `/v1/rerank`), never 
 # No `from __future__ import annotations`: FastAPI reads the route annotations.
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,13 +23,36 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from rayformers.serving import openai as oai
+from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import GatewayApp, GatewayArgs
-from rayformers.serving.errors import OverloadedError
+from rayformers.serving.errors import InputError, OverloadedError
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model
-from rayformers.serving.responses import ApiError, install
+from rayformers.serving.replica import ModelFailure
+from rayformers.serving.responses import ApiError, install, request_id
 from rayformers.tasks import get_task
 
-__all__ = ["gateway_deployment"]
+__all__ = ["gateway_deployment", "stream_error"]
+
+logger = logging.getLogger("ray.serve")
+
+
+def stream_error(err: Exception) -> dict[str, Any]:
+    """The error event a failed stream ends with, in OpenAI's error shape: the client's own mistake and
+    a full queue say what to do; anything else says only that it failed (Ray's error text, with its
+    process ids, addresses and traceback, goes to the log)."""
+    cause = getattr(err, "cause", err)  # Ray wraps what a replica raised
+    if isinstance(cause, InputError):
+        error = {"type": "invalid_request", "message": str(cause), "param": cause.field}
+    elif isinstance(cause, (BackPressureError, OverloadedError)):
+        error = {"type": "overloaded", "message": "the app's queue is full", "retry_after": RETRY_AFTER_S}
+    else:
+        rid = request_id()
+        if isinstance(cause, ModelFailure):
+            logger.warning("stream %s: the model failed (its replica's log has the details)", rid)
+        else:
+            logger.error("stream %s failed", rid, exc_info=err)
+        error = {"type": "model_error", "message": "the model failed on this request", "request_id": rid}
+    return {"error": {"param": None, **error, "code": error["type"]}}
 
 
 def _model_ids(apps: list[GatewayApp]) -> list[str]:
@@ -41,7 +65,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
         description="Served apps, and OpenAI-compatible routes that pick an app by `model`.",
         version="1",
     )
-    install(app, args.max_body_bytes)
+    install(app, args.http)
     apps = {a.name: a for a in args.apps}
 
     def capable(app: GatewayApp, capability: str) -> bool:
@@ -71,6 +95,9 @@ def gateway_deployment(args: GatewayArgs) -> Any:
 
     @serve.ingress(app)
     class Gateway:
+        def __init__(self) -> None:
+            resolve_keys(args.http)  # no keys where the build had some: refuse to start
+
         def _handle(self, name: str) -> Any:
             return serve.get_deployment_handle("Model", app_name=name)
 
@@ -129,7 +156,11 @@ def gateway_deployment(args: GatewayArgs) -> Any:
         async def chat(self, body: oai.ChatCompletionRequest) -> Any:
             target, adapter = resolve(body.model, "generate", "/v1/chat/completions")
             handle = self._handle(target.name)
-            prompt = await handle.chat_prompt.remote([m.model_dump() for m in body.messages])
+            try:
+                prompt = await handle.chat_prompt.remote([m.model_dump() for m in body.messages])
+            except InputError as err:  # Ray's wrapper is an InputError too; its text is Ray's
+                cause = getattr(err, "cause", err)
+                raise ApiError(422, "invalid_request", str(cause), field=cause.field) from None
             params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens)
             if body.stream:
                 return self._stream("chat.completion", body.model, handle, prompt, params, adapter, "")
@@ -220,11 +251,8 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                         elif item.get("usage"):
                             finish = item["usage"]["finish_reason"]
                     yield event(oai.stream_chunk(kind, rid, created, model, None, finish))
-                except (BackPressureError, OverloadedError):
-                    yield event({"error": {"type": "overloaded", "message": "the app's queue is full",
-                                           "retry_after": RETRY_AFTER_S}})  # fmt: skip
                 except Exception as err:  # the stream has begun: the error goes in the stream
-                    yield event({"error": {"type": "model_error", "message": f"{type(err).__name__}: {err}"}})
+                    yield event(stream_error(err))
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")

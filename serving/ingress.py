@@ -72,7 +72,9 @@ def reply_error(reply: Reply) -> ApiError:
         )
     if error.kind == "overloaded":
         return _overloaded()
-    return ApiError(500, "model_error", f"the model failed on this request: {error.message}")
+    return ApiError(
+        500, "model_error", f"{error.message}; the replica keeps serving (its log has the details)"
+    )
 
 
 async def call_model(
@@ -93,12 +95,11 @@ async def call_model(
 
 def app_deployment(args: AppArgs, task: Task) -> Any:
     """The app's model deployment, serving its HTTP routes itself."""
+    where = f" from {args.checkpoint}" if args.http.expose_paths else ""
     app = FastAPI(
-        title=f"rayformers: {args.name}",
-        description=f"{task.name} served by rayformers from {args.checkpoint}",
-        version="1",
+        title=f"rayformers: {args.name}", description=f"{task.name} served by rayformers{where}", version="1"
     )
-    install(app, args.max_body_bytes)
+    install(app, args.http)
     body_model = request_model(task, "".join(p.title() for p in args.name.split("-")))
     max_inputs = args.max_inputs_per_request
 

@@ -28,11 +28,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
+from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import AppArgs
 from rayformers.serving.batching import Batcher
 from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
 
-__all__ = ["MAX_ADAPTERS_PER_REPLICA", "ModelReplica", "Reply", "ReplyError", "torch_threads"]
+__all__ = [
+    "MAX_ADAPTERS_PER_REPLICA",
+    "ModelFailure",
+    "ModelReplica",
+    "Reply",
+    "ReplyError",
+    "client_mistake",
+    "is_storage_path",
+    "torch_threads",
+]
 
 logger = logging.getLogger("ray.serve")
 
@@ -104,6 +114,7 @@ class ModelReplica:
         from rayformers.serving.checkpoint import build_handler, load_checkpoint
 
         self.args = AppArgs.model_validate(args)
+        resolve_keys(self.args.http)  # no keys where the build had some: fail before loading the model
         on_gpu = self.args.num_gpus > 0 and torch.cuda.is_available()
         threads = torch_threads(self.args.num_cpus)
         # torch's intra-op thread count is the calling thread's (OpenMP): set it where the model runs.
@@ -147,8 +158,14 @@ class ModelReplica:
             metric.set_default_tags({"app": self.args.name})
 
     def info(self) -> dict[str, Any]:
-        """Task, labels, base model, metrics: what `GET /{app}/info` shows."""
-        return {"app": self.args.name, **self.loaded.info(), "adapters": sorted(self.args.adapters)}
+        """Task, labels, base model, metrics: what `GET /{app}/info` shows; where the checkpoint is
+        stored only when `serve.expose_paths` is set."""
+        shown = {"app": self.args.name, **self.loaded.info(), "adapters": sorted(self.args.adapters)}
+        if self.args.http.expose_paths:
+            return {**shown, "checkpoint": self.args.checkpoint}
+        if is_storage_path(shown.get("base_model")):
+            shown["base_model"] = None
+        return shown
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Token counts, for OpenAI `usage`."""
@@ -156,10 +173,19 @@ class ModelReplica:
         return [len(tokenizer(t)["input_ids"]) for t in texts]
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """Chat messages as this model's prompt (its chat template, if it has one)."""
+        """Chat messages as this model's prompt (its chat template, if it has one). A template that
+        refuses the messages (`raise_exception`, as many do for roles out of order) is the client's
+        InputError; a template that is itself broken stays a server failure."""
+        from jinja2.exceptions import TemplateError
+
         from rayformers.serving.openai import chat_prompt
 
-        return chat_prompt(self.loaded.tokenizer, messages)
+        try:
+            return chat_prompt(self.loaded.tokenizer, messages)
+        except TemplateError as err:
+            if type(err) is not TemplateError:  # a syntax or undefined-name error in the template
+                raise
+            raise InputError("messages", f"the model's chat template refuses these messages: {err}") from None
 
     def check_health(self) -> None:
         """Serve replaces a replica whose model keeps failing."""
@@ -181,6 +207,9 @@ class ModelReplica:
         if adapter and adapter not in self.args.adapters:
             error = UnknownAdapterError(adapter, sorted(self.args.adapters))
             return Reply(error=ReplyError(kind="adapter", message=str(error), known=error.known))
+        mistake = client_mistake(inputs, parameters)
+        if mistake is not None:
+            return Reply(error=ReplyError(kind="input", message=str(mistake), field=mistake.field))
         try:
             params = self.handler.parse_parameters(parameters)
         except ValidationError as err:
@@ -233,10 +262,11 @@ class ModelReplica:
                 return [Reply(error=ReplyError(kind="input", message=str(err), field=err.field))], 0
             alone = [self._run_group([request], adapter) for request in group]
             return [replies[0] for replies, _ in alone], sum(tokens for _, tokens in alone)
-        except Exception as err:  # a model failure: answer 500, keep serving, count it for health
+        except Exception:  # a model failure: answer 500, keep serving, count it for health
             self._failures += 1
             logger.exception("model failure on %d requests", len(group))
-            failed = Reply(error=ReplyError(kind="model", message=f"{type(err).__name__}: {err}"))
+            # What failed stays in the replica's log: clients learn that it failed, not its internals.
+            failed = Reply(error=ReplyError(kind="model", message="the model failed on this request"))
             return [failed] * len(group), 0
         self._failures = 0
         replies = [
@@ -262,6 +292,9 @@ class ModelReplica:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str] = asyncio.Queue()
         sink = TokenSink(lambda delta: loop.call_soon_threadsafe(deltas.put_nowait, delta), lambda end: None)
+        mistake = client_mistake([text], parameters)
+        if mistake is not None:
+            raise mistake
         try:
             params = self.handler.parse_parameters(parameters).streaming_to(sink)
         except ValidationError as err:
@@ -289,6 +322,57 @@ class ModelReplica:
             sink.cancelled.set()  # the client left: its row stops at the next token, the batch goes on
 
 
+def client_mistake(inputs: list[Any], parameters: Any) -> InputError | None:
+    """What makes a request the client's mistake before any model sees it: an empty text input (the
+    contract's 422; a model given nothing to read fails or answers noise) and text that is not
+    Unicode (a lone surrogate such as `"\\ud800"` parses as JSON but no tokenizer can encode it)."""
+    for i, item in enumerate(inputs):
+        if isinstance(item, str) and not item.strip():
+            return InputError(f"inputs[{i}]", "an empty text; send some text to read")
+        where = _not_unicode(item, f"inputs[{i}]")
+        if where is not None:
+            return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
+    where = _not_unicode(parameters, "parameters")
+    if where is not None:
+        return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
+    return None
+
+
+def _not_unicode(value: Any, where: str) -> str | None:
+    """The dotted path of the first string under `value` that UTF-8 cannot encode, else None."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _not_unicode(key, where) or _not_unicode(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _not_unicode(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def is_storage_path(value: Any) -> bool:
+    """Whether `value` names a place in storage (a local path or a cloud URI) rather than a model id
+    such as `bert-base-uncased` or `org/model`."""
+    if not isinstance(value, str):
+        return False
+    return (
+        value.startswith(("/", "./", "../", "~", "\\"))
+        or "://" in value
+        or (len(value) > 1 and value[1] == ":")
+    )
+
+
 def _parameter_problem(err: ValidationError) -> tuple[str, str]:
     """The first bad parameter's dotted path (`parameters.top_k`) and what is wrong with it."""
     first = err.errors()[0]
@@ -303,4 +387,8 @@ def _stream_error(error: ReplyError, adapter: str | None) -> Exception:
         return InputError(error.field or "inputs", error.message)
     if error.kind == "overloaded":
         return OverloadedError(error.message)
-    return RuntimeError(error.message)
+    return ModelFailure(error.message)
+
+
+class ModelFailure(Exception):
+    """A streamed request the model failed on; its message holds no internal detail."""

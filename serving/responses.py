@@ -1,11 +1,17 @@
 """The HTTP layer's one place for errors and limits: every error is a JSON body with a type, a message
-that says what to fix, the field at fault where there is one, and the request id; bodies over the limit
-are refused before they are parsed. Later middleware (API keys, metrics) goes in `install`."""
+that says what to fix, the field at fault where there is one, and the request id (on the OpenAI routes
+also OpenAI's `param` and `code`). Before a route sees a request, `install`'s guard checks its API key,
+refuses a body over the limit, holds the route to the request deadline, and answers any failure the
+routes left unanswered as a JSON 500 without internal detail."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import uuid
+from asyncio import FIRST_COMPLETED
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,7 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "error_response", "install", "request_id"]
+from rayformers.serving.access import full_path, is_open, resolve_keys
+from rayformers.serving.args import HttpArgs
+
+__all__ = ["OPENAI_PREFIX", "ApiError", "error_response", "install", "request_id"]
+
+logger = logging.getLogger("ray.serve")
+OPENAI_PREFIX = "/v1"
 
 
 class ApiError(Exception):
@@ -53,11 +65,16 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    openai: bool = False,
 ) -> JSONResponse:
+    """`{"error": {"type", "message", "field", "request_id", ...}}`; on the OpenAI routes also the
+    `param` and `code` OpenAI clients read (`code` is the type)."""
     rid = request_id()
     error: dict[str, Any] = {"type": type_, "message": message, "request_id": rid}
     if field is not None:
         error["field"] = field
+    if openai:
+        error.update(param=field, code=type_)
     error.update(extra or {})
     return JSONResponse(
         {"error": error}, status_code=status, headers={"X-Request-Id": rid, **(headers or {})}
@@ -100,71 +117,170 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, by Content-Length or while reading a chunked body."""
+class _Guard:
+    """What every request passes before a route sees it, in this order: its API key (401), its body size
+    (413), then the route under the request deadline (504), with any failure the routes did not answer
+    turned into a JSON 500 without internal detail. A refused body is read to its end first, so the
+    client reads the answer instead of a reset connection."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, http: HttpArgs) -> None:
+        # Built in the replica's own process (Starlette builds its middleware on first use), so the keys
+        # are that process's: the config's and its RAYFORMERS_API_KEYS.
+        self.app, self.http, self.keys = app, http, resolve_keys(http)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        path = full_path(scope)
+        openai = _is_openai(path)
+        headers = dict(scope.get("headers") or [])
+        if (
+            self.keys
+            and not is_open(path, self.http.open_routes)
+            and not self.keys.allows(headers.get(b"authorization"))
+        ):
+            await _drain(receive)
+            given = b"authorization" in headers
+            await error_response(
+                401,
+                "invalid_api_key",
+                "the API key is not valid; send one of the server's keys as `Authorization: Bearer <key>`"
+                if given
+                else "this server needs an API key: send it as `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": "Bearer"},
+                openai=openai,
+            )(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
+        limit = self.http.max_body_bytes
+        declared = headers.get(b"content-length")
+        chunks: list[bytes] = []
+        size, more = 0, True
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            size = int(declared)
+        while more and size <= limit:
             message = await receive()
             if message["type"] != "http.request":
                 break
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
             more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await self._refuse(scope, receive, send)
+        if size > limit:
+            if more:
+                await _drain(receive)
+            await error_response(
+                413,
+                "payload_too_large",
+                f"the request body is over the limit of {limit} bytes; send fewer or shorter inputs "
+                "(serve.max_body_bytes sets the limit)",
+                extra={"limit": limit},
+                openai=openai,
+            )(scope, receive, send)
+            return
+        await self._answer(scope, _replay(b"".join(chunks), receive), send, openai)
+
+    async def _answer(self, scope: dict[str, Any], receive: Any, send: Any, openai: bool) -> None:
+        started = asyncio.Event()
+
+        async def tracked(message: dict[str, Any]) -> None:
+            started.set()
+            await send(message)
+
+        route = asyncio.ensure_future(self.app(scope, receive, tracked))
+        began = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait(
+                {route, began}, timeout=self.http.request_timeout_s, return_when=FIRST_COMPLETED
+            )
+            if not route.done() and not started.is_set():  # the deadline passed before any answer
+                route.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await route
+                if not started.is_set():
+                    await error_response(
+                        504,
+                        "timeout",
+                        f"no answer within {self.http.request_timeout_s:g} s (serve.request_timeout_s); "
+                        "retry later, or send fewer or shorter inputs",
+                        extra={"timeout_s": self.http.request_timeout_s},
+                        openai=openai,
+                    )(scope, receive, send)
                 return
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        response = error_response(
-            413,
-            "payload_too_large",
-            f"the request body is over the limit of {self.limit} bytes; send fewer or shorter inputs "
-            "(serve.max_body_bytes sets the limit)",
-            extra={"limit": self.limit},
-        )
-        await response(scope, receive, send)
+            await route  # answered, or streaming: a stream's events may go on past the deadline
+        except Exception:
+            logger.exception("request %s failed in %s", request_id(), full_path(scope))
+            if started.is_set():  # the answer has begun: it can only be cut short
+                raise
+            await error_response(
+                500,
+                "internal_error",
+                "the server failed on this request; report its request_id to the server's operator",
+                openai=openai,
+            )(scope, receive, send)
+        finally:
+            began.cancel()
+            if not route.done():
+                route.cancel()
 
 
-def install(app: FastAPI, max_body_bytes: int) -> None:
-    """JSON errors for validation, HTTP and API errors, and the body limit."""
+def _is_openai(path: str) -> bool:
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+async def _drain(receive: Any) -> None:
+    """Read what is left of a request body, keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def install(app: FastAPI, http: HttpArgs) -> None:
+    """JSON errors for validation, HTTP and API errors; API keys, the body limit, the deadline and a
+    JSON 500 for anything else (`_Guard`)."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, fields = _describe(list(exc.errors()))
         return error_response(
-            422, "invalid_request", message, field=fields[0]["field"], extra={"fields": fields}
+            422,
+            "invalid_request",
+            message,
+            field=fields[0]["field"],
+            extra={"fields": fields},
+            openai=_is_openai(full_path(request.scope)),
         )
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(
-            exc.status, exc.type, exc.message, field=exc.field, headers=exc.headers, extra=exc.extra
+            exc.status,
+            exc.type,
+            exc.message,
+            field=exc.field,
+            headers=exc.headers,
+            extra=exc.extra,
+            openai=_is_openai(full_path(request.scope)),
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, kind, str(exc.detail))
+        return error_response(
+            exc.status_code, kind, str(exc.detail), openai=_is_openai(full_path(request.scope))
+        )
 
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_Guard, http=http)

@@ -54,8 +54,16 @@ def deploy(
     from ray import serve
 
     from rayformers.cluster import connect
+    from rayformers.serving.access import env_keys
     from rayformers.serving.app import build_app, build_gateway, deploy_config
 
+    # Keys in this process's RAYFORMERS_API_KEYS go to the replicas with their arguments, which no file
+    # holds: the nodes of a joined cluster need not have the variable themselves.
+    extra = env_keys()
+    apps = [
+        a.model_copy(update={"http": a.http.model_copy(update={"api_keys": [*a.http.api_keys, *extra]})})
+        for a in apps
+    ]
     config = deploy_config(serve_cfg, apps)
     session = connect(cluster)
     try:

@@ -189,6 +189,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_serve_build(args: argparse.Namespace) -> int:
     import yaml
 
+    from rayformers.serving.access import API_KEYS_ENV, env_keys
     from rayformers.serving.app import app_args, deploy_config
 
     cfg = load_config(args.config, args.overrides)
@@ -200,6 +201,12 @@ def _cmd_serve_build(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
         print(
             f"wrote {args.output}: {len(config['applications'])} applications (run it: serve run {args.output})"
+        )
+    if env_keys():
+        print(
+            f"{API_KEYS_ENV} is set: its keys are not written into the file, and its replicas refuse to start "
+            f"without keys; set {API_KEYS_ENV} where they run (for a RayService, from a Kubernetes Secret)",
+            file=sys.stderr,
         )
     return 0
 

@@ -101,3 +101,35 @@ def test_task_mismatch_missing_manifest_and_reserved_names_are_clear_errors(tiny
         checked(ServeConfig(), [ServeAppConfig(name="gateway", checkpoint=ner)])
     with pytest.raises(CheckpointError, match="unique"):
         checked(ServeConfig(), [ServeAppConfig(name="a", checkpoint=ner)] * 2)
+
+
+def test_serve_build_holds_the_config_keys_but_never_the_environment_keys(tiny_checkpoint, monkeypatch):
+    import yaml
+
+    from rayformers.serving.access import API_KEYS_ENV
+
+    env_key, config_key = "env-key-0123456789abcdef", "config-key-0123456789abcdef"
+    monkeypatch.setenv(API_KEYS_ENV, env_key)
+    serve = ServeConfig(api_keys=[config_key], request_timeout_s=5, open_routes=["/ner/info"])
+    apps = checked(
+        serve, [ServeAppConfig(name="ner", checkpoint=str(tiny_checkpoint("token-classification")))]
+    )
+    written = yaml.safe_dump(deploy_config(serve, apps))
+    assert env_key not in written and config_key in written
+    ServeDeploySchema.model_validate(yaml.safe_load(written))
+    for app in yaml.safe_load(written)["applications"]:
+        http = app["args"]["http"]
+        assert (
+            http["require_api_keys"]
+            and http["request_timeout_s"] == 5
+            and http["open_routes"] == ["/ner/info"]
+        )
+    # Keys only from the environment: none written, but a replica that finds none will not start open.
+    monkeypatch.setenv(API_KEYS_ENV, env_key)
+    bare = deploy_config(
+        ServeConfig(), checked(ServeConfig(), [ServeAppConfig(name="ner", checkpoint=apps[0].checkpoint)])
+    )
+    assert env_key not in yaml.safe_dump(bare) and bare["applications"][0]["args"]["http"]["require_api_keys"]
+    monkeypatch.delenv(API_KEYS_ENV)
+    open_ = checked(ServeConfig(), [ServeAppConfig(name="ner", checkpoint=apps[0].checkpoint)])
+    assert not open_[0].http.require_api_keys

@@ -1,0 +1,36 @@
+"""What a replica decides before any model runs, and what its /info lets a client see."""
+
+from __future__ import annotations
+
+from rayformers.serving.replica import client_mistake, is_storage_path
+from rayformers.tasks.text_classification import TextPair
+
+
+def test_empty_texts_and_lone_surrogates_are_the_clients_mistake_naming_the_field():
+    empty = client_mistake(["fine", ""], {})
+    assert empty is not None and empty.field == "inputs[1]" and "empty" in empty.message
+    assert client_mistake(["  \n"], {}).field == "inputs[0]"
+    surrogate = client_mistake(["\ud800"], {})
+    assert surrogate is not None and surrogate.field == "inputs[0]"
+    surrogate.message.encode("utf-8")  # the message itself can be sent as JSON
+    nested = client_mistake([{"query": "q", "texts": ["ok", "bad \udfff"]}], {})
+    assert nested is not None and nested.field == "inputs[0].texts[1]"
+    pair = client_mistake([TextPair(text="a", text_pair="\ud83d")], {})
+    assert pair is not None and pair.field == "inputs[0].text_pair"
+    parameter = client_mistake(["x"], {"candidate_labels": ["a", "\ud800"]})
+    assert parameter is not None and parameter.field == "parameters.candidate_labels[1]"
+    assert client_mistake(["a text", {"question": "q", "context": "c"}], {"top_k": 2}) is None
+
+
+def test_storage_paths_are_told_from_model_ids():
+    for path in (
+        "/mnt/runs/best",
+        "./runs/x",
+        "~/models/m",
+        "s3://bucket/runs/best",
+        "gs://b/x",
+        "C:\\models",
+    ):
+        assert is_storage_path(path), path
+    for name in ("bert-base-uncased", "org/model", "base_model", "gpt2", None):
+        assert not is_storage_path(name), name
