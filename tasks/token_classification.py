@@ -3,7 +3,8 @@
 Training rows are pre-split words (`tokens`) with one tag each (`tags`, IOB2 for entities); labels sit
 on each word's first sub-token, and continuation sub-tokens and special tokens get -100 (or, with
 `label_all_tokens`, the word's label with B- turned into I-). At serve time raw text is split into
-words on whitespace (`split_words`), as the training words were, and the preprocessing maps every
+words as the corpora split them (`split_words`: punctuation is a word of its own, so "Paris." is "Paris"
+and "."), and the preprocessing maps every
 sub-token back to its word and characters, so entities come back with character offsets into the text,
 in the shapes of transformers' `token-classification` pipeline. Aggregation "first" reads the model
 exactly as it was trained; "simple" (the pipeline's grouping of sub-token predictions) is the default
@@ -35,7 +36,9 @@ __all__ = [
     "split_words",
 ]
 
-_WORD = re.compile(r"\S+")
+# A word, as token-classification corpora (CoNLL, WikiANN, OntoNotes) split them: a run of word characters
+# (joined by inner apostrophes, hyphens and dots: "don't", "e-mail", "3.5"), or one punctuation mark.
+_WORD = re.compile(r"\w+(?:['\u2019.\-]\w+)*|[^\w\s]")
 
 
 class TokenClassificationParameters(ParametersModel):
@@ -50,7 +53,8 @@ class TokenClassificationParameters(ParametersModel):
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Whitespace words of `text` and their character spans: how raw text meets pre-split training data."""
+    """The words of `text`, as training corpora split them (punctuation apart), and their character spans:
+    how raw text meets pre-split training data."""
     matches = list(_WORD.finditer(text))
     return [m.group() for m in matches], [m.span() for m in matches]
 

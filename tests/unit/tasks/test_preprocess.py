@@ -112,6 +112,14 @@ def test_split_words_keeps_spans():
     assert split_words(" a  bc\td ") == (["a", "bc", "d"], [(1, 2), (4, 6), (7, 8)])
 
 
+def test_split_words_splits_punctuation_as_training_corpora_do():
+    text = "Alice flew to Paris. She didn't stay, (in 3.5 days) e-mail."
+    words, spans = split_words(text)
+    assert words == ["Alice", "flew", "to", "Paris", ".", "She", "didn't", "stay", ",", "(", "in", "3.5", "days",
+                     ")", "e-mail", "."]  # fmt: skip
+    assert [text[a:b] for a, b in spans] == words
+
+
 QA_CONTEXT = "Alice Smith works at Acme . The cat sat on a mat ."
 
 
