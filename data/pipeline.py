@@ -8,9 +8,10 @@ the CPUs the cluster really has, keeping one for read tasks so the pipeline cann
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -153,21 +154,13 @@ class TokenizeBatch:
         return to_arrow(self.task.preprocess(batch, self.tokenizer, self.settings, self.mode))
 
 
-def _records(
-    source: SourceConfig,
-    field_name: str,
-    task: Task,
-    data: DataConfig,
-    *,
-    holdout_keep: str | None,
-    ledger: Any,
-    label_names: list[str] | None = None,
-) -> tuple[ray.data.Dataset, list[str] | None]:
-    read = read_source(
-        source, field_name, task.label_column and data.columns.get(task.label_column, task.label_column)
-    )
-    spec = RecordSpec(
-        raw=read.raw,
+def record_spec(
+    source: SourceConfig, field_name: str, task: Task, data: DataConfig, holdout_keep: str | None
+) -> RecordSpec:
+    """How one split's raw rows become the task's records (`holdout_keep`: the side of a held-out
+    fraction of train this split keeps, or None)."""
+    return RecordSpec(
+        raw=None,
         columns=dict(data.columns),
         required=task.columns,
         optional=task.optional_columns,
@@ -178,6 +171,25 @@ def _records(
         seed=data.seed,
         field=field_name,
     )
+
+
+def label_column(task: Task, data: DataConfig) -> str | None:
+    """The user's name of the task's label column."""
+    return task.label_column and data.columns.get(task.label_column, task.label_column)
+
+
+def _records(
+    source: SourceConfig,
+    field_name: str,
+    task: Task,
+    data: DataConfig,
+    *,
+    holdout_keep: str | None,
+    ledger: Any,
+    label_names: list[str] | None = None,
+) -> tuple[ray.data.Dataset, list[str] | None]:
+    read = read_source(source, field_name, label_column(task, data))
+    spec = dataclasses.replace(record_spec(source, field_name, task, data, holdout_keep), raw=read.raw)
     dataset = read.dataset.map_batches(
         prepare_records,
         batch_format="pyarrow",
@@ -188,14 +200,14 @@ def _records(
     names = label_names or read.label_names
     if names and task.label_column:
         dataset = dataset.map_batches(
-            _name_integer_labels,
+            name_integer_labels,
             batch_format="pyarrow",
             fn_kwargs={"column": task.label_column, "names": names},
         )
     return dataset, read.label_names
 
 
-def _name_integer_labels(table: pa.Table, column: str, names: list[str]) -> pa.Table:
+def name_integer_labels(table: pa.Table, column: str, names: list[str]) -> pa.Table:
     """Hub datasets store ClassLabel ids; the recorded map speaks names."""
     if column not in table.column_names:
         return table
@@ -215,17 +227,35 @@ def _column_values(dataset: ray.data.Dataset, column: str) -> Iterator[Any]:
         yield from table.column(column).to_pylist()
 
 
-def _derive_labels(dataset: ray.data.Dataset, task: Task) -> LabelMap:
-    """The label map of the training split, from one streaming pass over its label column."""
-    column = task.label_column
-    assert column is not None
-    seen = {label_key(v) for value in _column_values(dataset, column) for v in task.label_values(value)}
+def derive_labels(values: Iterable[Any], task: Task) -> LabelMap:
+    """The label map of the training split, from its label column's values."""
+    seen = {label_key(v) for value in values for v in task.label_values(value)}
     if not seen:
         raise DataError(
             "data.train: no labelled rows were found, so there is no label map; check the label column "
             "(data.columns) and the source"
         )
     return LabelMap.from_values(seen)
+
+
+def preprocess_settings(
+    data: DataConfig,
+    task: Task,
+    labels: LabelMap | None,
+    hub_names: list[str] | None,
+    values: Callable[[str], Iterable[Any]],
+) -> PreprocessSettings:
+    """The settings a split is tokenized with: the label map (given, declared by the hub dataset, or
+    the sorted labels `values(label column)` streams from the training split) and what the task
+    derives from its training data."""
+    if labels is None and task.label_column is not None:
+        if data.labels is not None:
+            labels = LabelMap(names=list(data.labels))
+        elif hub_names is not None:
+            labels = LabelMap(names=hub_names)
+        else:
+            labels = derive_labels(values(task.label_column), task)
+    return task.finish_settings(PreprocessSettings.from_config(data, task.name, labels), values)
 
 
 def build_tokenized(
@@ -280,16 +310,8 @@ def build_tokenized(
             ledger=None,
         )[0]
 
-    if labels is None and task.label_column is not None:
-        if data.labels is not None:
-            labels = LabelMap(names=list(data.labels))
-        elif hub_names is not None:
-            labels = LabelMap(names=hub_names)
-        else:
-            labels = _derive_labels(training_rows(), task)
-    settings = task.finish_settings(
-        PreprocessSettings.from_config(data, task_name, labels),
-        lambda column: _column_values(training_rows(), column),
+    settings = preprocess_settings(
+        data, task, labels, hub_names, lambda column: _column_values(training_rows(), column)
     )
     # Loading once on the driver fails fast on a bad tokenizer, before any actor starts.
     tokenizer_class = tokenizer_class_path(
