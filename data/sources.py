@@ -8,6 +8,8 @@ pipeline. Local paths are made absolute here, on the driver, so read tasks on an
 from __future__ import annotations
 
 import glob
+import itertools
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from rayformers.config import SourceConfig
 from rayformers.data.rows import DataError
 from rayformers.data.storage import Location, is_remote
 
-__all__ = ["ReadSource", "infer_format", "read_source", "resolve_paths"]
+__all__ = ["ReadSample", "ReadSource", "infer_format", "read_sample", "read_source", "resolve_paths"]
 
 _EXTENSIONS = {
     ".csv": "csv",
@@ -134,6 +136,83 @@ def read_source(source: SourceConfig, field: str, label_column: str | None = Non
     return ReadSource(ray.data.read_parquet(paths, num_cpus=READ_CPUS), None)
 
 
+@dataclass(frozen=True)
+class ReadSample:
+    """The first rows of a split, read in this process, in the shape `read_source`'s blocks have."""
+
+    table: pa.Table
+    raw: str | None
+    complete: bool
+    """True when the split has no rows beyond these."""
+    label_names: list[str] | None = None
+
+
+def read_sample(source: SourceConfig, field: str, rows: int, label_column: str | None = None) -> ReadSample:
+    """Up to `rows` rows of one split without Ray (what `data preview` looks at): line files and CSV as
+    raw bytes with their origins, so the same record and row checks apply."""
+    if source.hub is not None:
+        hf, names = _load_hub(source, label_column)
+        head = list(itertools.islice(iter(hf), rows + 1))
+        return ReadSample(pa.Table.from_pylist(head[:rows]), None, len(head) <= rows, names)
+    assert source.path is not None
+    paths = resolve_paths(source.path, f"{field}.path")
+    fmt = infer_format(paths, source.format, f"{field}.path")
+    lines = fmt in ("jsonl", "text") or (fmt == "json" and not _starts_with_array(paths[0]))
+    tables: list[pa.Table] = []
+    wanted = rows + 1  # one more than shown tells whether the split ends here
+    for path in paths:
+        if wanted <= 0:
+            break
+        where = Location.parse(path)
+        if lines:
+            with where.fs.open_input_stream(where.path, compression="detect") as f:
+                blocks = _LinesDatasource._lines(f, path)
+                table = next(_tables_of(blocks, wanted), None)
+        elif fmt == "json":
+            with where.fs.open_input_stream(where.path, compression="detect") as f:
+                table = pa.Table.from_pylist(json.load(f)[:wanted])
+        elif fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            header = _csv_header(path, source.encoding)
+            with where.fs.open_input_stream(where.path, compression="detect") as f:
+                reader = pacsv.open_csv(
+                    f,
+                    parse_options=pacsv.ParseOptions(
+                        delimiter="\t" if path.lower().endswith(".tsv") else ",", newlines_in_values=True
+                    ),
+                    convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in header}),
+                )
+                table = next(_tables_of((pa.Table.from_batches([b]) for b in reader), wanted), None)
+        else:
+            import pyarrow.parquet as pq
+
+            with where.fs.open_input_file(where.path) as f:
+                batches = (
+                    pa.Table.from_batches([b]) for b in pq.ParquetFile(f).iter_batches(batch_size=wanted)
+                )
+                table = next(_tables_of(batches, wanted), None)
+        if table is not None and table.num_rows:
+            tables.append(table)
+            wanted -= table.num_rows
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    raw = ("text" if fmt == "text" else "jsonl") if lines else "csv" if fmt == "csv" else None
+    return ReadSample(table.slice(0, rows), raw, wanted > 0)
+
+
+def _tables_of(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The first `rows` rows of a stream of tables, as one table."""
+    taken: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        taken.append(table.slice(0, rows - count))
+        count += taken[-1].num_rows
+        if count >= rows:
+            break
+    if taken:
+        yield pa.concat_tables(taken)
+
+
 def _starts_with_array(path: str) -> bool:
     """A .json file is either JSON Lines (the Hugging Face convention) or one JSON array."""
     if is_remote(path):
@@ -169,6 +248,12 @@ def _csv_header(path: str, encoding: str) -> list[str]:
 
 
 def _read_hub(source: SourceConfig, label_column: str | None) -> ReadSource:
+    hf, names = _load_hub(source, label_column)
+    return ReadSource(ray.data.from_huggingface(hf), None, names)
+
+
+def _load_hub(source: SourceConfig, label_column: str | None) -> tuple[Any, list[str] | None]:
+    """The `datasets` split a hub source names (a local dataset directory too), and its label names."""
     import datasets
 
     assert source.hub is not None
@@ -196,13 +281,17 @@ def _read_hub(source: SourceConfig, label_column: str | None) -> ReadSource:
     features = getattr(hf, "features", None) or {}
     if label_column and label_column in features and hasattr(features[label_column], "names"):
         names = list(features[label_column].names)
-    return ReadSource(ray.data.from_huggingface(hf), None, names)
+    return hf, names
 
 
 class _LinesDatasource(FileBasedDatasource):
     """Streams a file's lines as raw bytes with their `path:line` origin, a block at a time."""
 
     def _read_stream(self, f: Any, path: str) -> Iterator[pa.Table]:
+        return self._lines(f, path)
+
+    @staticmethod
+    def _lines(f: Any, path: str) -> Iterator[pa.Table]:
         lines: list[bytes] = []
         origins: list[str] = []
         number = 0

@@ -92,6 +92,8 @@ def decode_rows(
                 item["label"] = names[int(labels)]
             else:
                 item["labels"] = [names[int(x)] if int(x) != IGNORE_INDEX else None for x in labels]
+        elif isinstance(labels, (int, float)):
+            item["label"] = labels  # a score (text ranking's relevance), not a class
         elif labels is not None:
             item["target"] = tokenizer.decode([int(x) for x in labels if int(x) != IGNORE_INDEX])
         if "start_positions" in row:

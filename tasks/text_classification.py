@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
+from rayformers.data.preprocess import Columns, Mode, encode_inputs
 from rayformers.manifest import PreprocessSettings, label_key
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import PairEvaluator
@@ -65,9 +65,7 @@ def tokenize_classification(
     """Single texts, or sentence pairs when the batch has `text_pair` (also NLI for zero-shot)."""
     texts = list(batch["text"])
     pairs = list(batch["text_pair"]) if batch.get("text_pair") is not None else None
-    encoding = encode(tokenizer, settings, texts, pairs)
-    out = model_inputs(encoding)
-    out["truncated"] = truncated_rows(encoding, settings.max_length, len(texts))
+    out = encode_inputs(tokenizer, settings, texts, pairs, mode)
     if mode != "inference":
         label2id = settings.label2id
         out["labels"] = [label2id[label_key(v)] for v in batch["label"]]

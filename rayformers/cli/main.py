@@ -69,10 +69,23 @@ def _print_bad_rows(bad_rows: dict[str, dict[str, Any]]) -> None:
 
 
 def _cmd_data_preview(args: argparse.Namespace) -> int:
-    from rayformers.data.preview import preview
+    from rayformers.data.preview import preview, preview_sample
 
-    with _tokenized(args) as (_, tokenized):
-        report = preview(tokenized, args.rows)
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.tokenized is None:
+        # The first rows, read and tokenized in this process by the pipeline's own functions: no Ray to start.
+        report = preview_sample(
+            cfg.data,
+            cfg.model.task,
+            cfg.model.tokenizer_source,
+            args.rows,
+            args.sample,
+            revision=cfg.model.tokenizer_revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    else:
+        with _tokenized(args) as (_, tokenized):
+            report = preview(tokenized, args.rows)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -93,6 +106,8 @@ def _cmd_data_preview(args: argparse.Namespace) -> int:
             if extra:
                 print(f"     {json.dumps(extra, default=str)}")
     _print_bad_rows(report["bad_rows"])
+    if "sample" in report:
+        print(f"\n({report['sample']['note']})")
     return 0
 
 
@@ -335,6 +350,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(preview)
     preview.add_argument("--rows", type=int, default=3, help="Rows to show per split (default 3).")
     preview.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    preview.add_argument(
+        "--sample",
+        type=int,
+        default=10_000,
+        help="Rows read per split; statistics cover them (default 10000; no Ray is started).",
+    )
     preview.set_defaults(run=_cmd_data_preview)
     tokenize = data_commands.add_parser("tokenize", help="Write tokenized Parquet shards and a manifest.")
     _add_config(tokenize)

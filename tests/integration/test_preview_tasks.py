@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rayformers.data.pipeline import build_tokenized
-from rayformers.data.preview import preview
+from rayformers.data.preview import preview, preview_sample
 from rayformers.loading import load_config
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -60,3 +60,21 @@ def test_preview_of_every_task(name):
         assert set(report["labels"]) == {"contradiction", "entailment", "neutral"}
     elif task == "feature-extraction":
         assert row["pair_tokens"][0] == "[CLS]"
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "text-ranking/full.yaml"])
+def test_the_in_process_preview_counts_what_the_ray_pipeline_does(name):
+    """`data preview` tokenizes without Ray; on a sample set it reads whole, its statistics are the
+    Ray pipeline's over every row."""
+    cfg = load_config(REPO / "configs" / name, [])
+    tokenized = build_tokenized(cfg.data, cfg.model.task, cfg.model.tokenizer_source)
+    ray_report = preview(tokenized, rows=1)
+    local = preview_sample(cfg.data, cfg.model.task, cfg.model.tokenizer_source, rows=1)
+    assert local["sample"]["complete"] == {"train": True, "validation": True}
+    assert local.get("labels") == ray_report.get("labels")
+    assert local["bad_rows"] == ray_report["bad_rows"]
+    for split in ("train", "validation"):
+        ours, theirs = local["splits"][split]["stats"], ray_report["splits"][split]["stats"]
+        if cfg.data.packing:  # blocks are cut per batch: the row count follows the batch boundaries
+            ours, theirs = ours["tokens"], theirs["tokens"]
+        assert ours == theirs, split
