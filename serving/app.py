@@ -125,7 +125,15 @@ def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
         for a in apps
     ]
     gateway = GatewayArgs(
-        apps=[GatewayApp(name=a.name, task=tasks[a.name], adapters=sorted(a.adapters)) for a in apps],  # type: ignore[arg-type]
+        apps=[
+            GatewayApp(
+                name=a.name,
+                task=tasks[a.name],  # type: ignore[arg-type]
+                adapters=sorted(a.adapters),
+                max_inputs_per_request=a.max_inputs_per_request,
+            )
+            for a in apps
+        ],
         http=apps[0].http if apps else http_args(serve),
     )
     applications.append(

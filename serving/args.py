@@ -58,6 +58,9 @@ class GatewayApp(BaseModel):
     name: str = Field(description="App name (its route prefix).")
     task: TaskName = Field(description="The app's task.")
     adapters: list[str] = Field(default_factory=list, description="LoRA adapters the app serves.")
+    max_inputs_per_request: int = Field(
+        default=64, ge=1, description="The app's inputs per request (prompts, texts, documents) before 413."
+    )
 
 
 class GatewayArgs(BaseModel):

@@ -28,7 +28,7 @@ from rayformers.serving.args import GatewayApp, GatewayArgs
 from rayformers.serving.errors import InputError, OverloadedError
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model
 from rayformers.serving.replica import ModelFailure
-from rayformers.serving.responses import ApiError, install, request_id
+from rayformers.serving.responses import ApiError, check_input_count, install, request_id
 from rayformers.tasks import get_task
 
 __all__ = ["gateway_deployment", "stream_error"]
@@ -138,6 +138,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 raise ApiError(
                     422, "invalid_request", "prompt: an empty list; send at least one prompt", field="prompt"
                 )
+            check_input_count(len(prompts), target.max_inputs_per_request, "prompt")
             params = oai.generation_parameters(body, body.max_tokens)
             handle = self._handle(target.name)
             if body.stream:
@@ -175,6 +176,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 raise ApiError(
                     422, "invalid_request", "input: an empty list; send at least one text", field="input"
                 )
+            check_input_count(len(texts), target.max_inputs_per_request, "input")
             handle = self._handle(target.name)
             reply = await call_model(handle, texts, {}, adapter)
             tokens = sum(await handle.count_tokens.remote(texts))
@@ -199,6 +201,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 raise ApiError(
                     422, "invalid_request", "documents: an empty list; send at least one", field="documents"
                 )
+            check_input_count(len(texts), target.max_inputs_per_request, "documents")
             reply = await call_model(
                 self._handle(target.name), [{"query": body.query, "texts": texts}], {}, adapter
             )

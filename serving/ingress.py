@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from rayformers.serving.args import AppArgs
 from rayformers.serving.replica import ModelReplica, Reply
-from rayformers.serving.responses import ApiError, install
+from rayformers.serving.responses import ApiError, check_input_count, install
 from rayformers.tasks.base import Task
 
 __all__ = ["ADAPTER_HEADER", "app_deployment", "call_model", "request_model"]
@@ -109,15 +109,7 @@ def app_deployment(args: AppArgs, task: Task) -> Any:
         async def predict_route(self, body: body_model, request: Request) -> JSONResponse:  # type: ignore[valid-type]
             single = not isinstance(body.inputs, list)  # type: ignore[attr-defined]
             inputs = [body.inputs] if single else list(body.inputs)  # type: ignore[attr-defined]
-            if len(inputs) > max_inputs:
-                raise ApiError(
-                    413,
-                    "too_many_inputs",
-                    f"inputs: {len(inputs)} inputs, over the limit of {max_inputs} per request; split the "
-                    "request (serve.apps[].max_inputs_per_request sets the limit)",
-                    field="inputs",
-                    extra={"limit": max_inputs},
-                )
+            check_input_count(len(inputs), max_inputs, "inputs")
             adapter = request.headers.get(ADAPTER_HEADER) or None
             reply = await self.answer(inputs, body.parameters, adapter)  # type: ignore[attr-defined]
             if reply.error is not None:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rayformers.serving.access import full_path, is_open, resolve_keys
 from rayformers.serving.args import HttpArgs
 
-__all__ = ["OPENAI_PREFIX", "ApiError", "error_response", "install", "request_id"]
+__all__ = ["OPENAI_PREFIX", "ApiError", "check_input_count", "error_response", "install", "request_id"]
 
 logger = logging.getLogger("ray.serve")
 OPENAI_PREFIX = "/v1"
@@ -44,6 +44,20 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.type, self.message, self.field = status, type_, message, field
         self.headers, self.extra = headers or {}, extra or {}
+
+
+def check_input_count(count: int, limit: int, field: str) -> None:
+    """A 413 naming `field` when a request carries more than `limit` inputs (every route, OpenAI's too:
+    a 1 MB body of short strings is some 250k inputs)."""
+    if count > limit:
+        raise ApiError(
+            413,
+            "too_many_inputs",
+            f"{field}: {count} inputs, over the limit of {limit} per request; split the request "
+            "(serve.apps[].max_inputs_per_request sets the limit)",
+            field=field,
+            extra={"limit": limit},
+        )
 
 
 def request_id() -> str:

@@ -357,6 +357,11 @@ def test_openai_routes(server):
         _error(post(server, "/v1/embeddings", {"model": "nope", "input": "x"}), 404)["type"]
         == "unknown_model"
     )
+    # The app's max_inputs_per_request holds on the OpenAI routes too (a 1 MB body is ~250k short inputs).
+    many = _error(post(server, "/v1/embeddings", {"model": "embed", "input": ["x"] * 5000}), 413)
+    assert many["type"] == "too_many_inputs" and many["field"] == "input" and many["limit"] == 64
+    prompts = _error(post(server, "/v1/completions", {"model": "gen", "prompt": ["x"] * 65}), 413)
+    assert prompts["field"] == "prompt"
 
 
 def test_concurrent_streams_and_completions_each_get_their_own_text(server):

@@ -86,7 +86,7 @@ def test_deploy_config_validates_with_serve_schema_and_reads_the_task_from_the_m
     assert [(a.name, a.route_prefix) for a in schema.applications] == [("ner", "/ner"), ("gateway", "/")]
     assert config["applications"][0]["args"]["task"] == "token-classification"
     assert config["applications"][1]["args"]["apps"] == [
-        {"name": "ner", "task": "token-classification", "adapters": []}
+        {"name": "ner", "task": "token-classification", "adapters": [], "max_inputs_per_request": 64}
     ]
 
 
