@@ -45,7 +45,8 @@ def preview(tokenized: TokenizedData, rows: int = 3) -> dict[str, Any]:
         for name, dataset in (("train", tokenized.train), ("validation", tokenized.validation))
         if dataset is not None
     }
-    return _report(tokenized.settings, tokenized.tokenizer_source, splits, tokenized.bad_rows())
+    tokenizer = load_tokenizer(tokenized.tokenizer_source, tokenized.settings.task)
+    return _report(tokenized.settings, tokenizer, splits, tokenized.bad_rows())
 
 
 def preview_sample(
@@ -115,7 +116,8 @@ def preview_sample(
             if len(kept) < rows and out.num_rows:
                 kept.extend(out.slice(0, rows - len(kept)).to_pylist())
         splits[name] = (summary, kept)
-    report = _report(settings, tokenizer_source, splits, {n: b.summary() for n, b in ledgers.items()})
+    # Decoded with the tokenizer the rows were made with (its revision, its remote code).
+    report = _report(settings, tokenizer, splits, {n: b.summary() for n, b in ledgers.items()})
     report["sample"] = {
         "rows_per_split": sample,
         "complete": complete,
@@ -131,11 +133,10 @@ def preview_sample(
 
 def _report(
     settings: PreprocessSettings,
-    tokenizer_source: str,
+    tokenizer: Any,
     splits: dict[str, tuple[SplitSummary, list[dict[str, Any]]]],
     bad_rows: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    tokenizer = load_tokenizer(tokenizer_source, settings.task)
     report: dict[str, Any] = {"task": settings.task, "max_length": settings.max_length, "splits": {}}
     if settings.labels is not None:
         report["labels"] = settings.labels.names

@@ -533,6 +533,14 @@ class RunConfig(_Section):
     model: ModelConfig = Field(description="Model, task, and full or LoRA fine-tuning.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Ray Train settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve settings.")
+
+    def without_secrets(self) -> RunConfig:
+        """This config without its API keys: what training keeps (`summary.json`, which often sits in a
+        shared bucket) and ships to its workers, neither of which needs them."""
+        if not self.serve.api_keys:
+            return self
+        return self.model_copy(update={"serve": self.serve.model_copy(update={"api_keys": []})})
+
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where it runs.")
 
     @property

@@ -77,8 +77,15 @@ class ApiKeys:
 
 
 def is_open(path: str, open_routes: list[str]) -> bool:
-    """Whether `path` is one of the routes left open (exact, or under a prefix ending in `*`)."""
-    return any(path.startswith(r[:-1]) if r.endswith("*") else path == r for r in open_routes)
+    """Whether `path` is one of the routes left open: exact, or under a prefix ending in `*`, which ends at
+    a path segment: `/sentiment*` opens `/sentiment` and `/sentiment/...`, never `/sentiment-internal/...`."""
+    return any(_under(path, r[:-1]) if r.endswith("*") else path == r for r in open_routes)
+
+
+def _under(path: str, prefix: str) -> bool:
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def full_path(scope: Mapping[str, Any]) -> str:

@@ -154,7 +154,10 @@ class _Guard:
             and not is_open(path, self.http.open_routes)
             and not self.keys.allows(headers.get(b"authorization"))
         ):
-            await _drain(receive)
+            # A stranger's body is read only so far, and no longer than a request may take.
+            whole = await _drain(
+                receive, _DRAIN_FACTOR * self.http.max_body_bytes, self.http.request_timeout_s
+            )
             given = b"authorization" in headers
             await error_response(
                 401,
@@ -162,7 +165,7 @@ class _Guard:
                 "the API key is not valid; send one of the server's keys as `Authorization: Bearer <key>`"
                 if given
                 else "this server needs an API key: send it as `Authorization: Bearer <key>`",
-                headers={"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer", **({} if whole else _CLOSE)},
                 openai=openai,
             )(scope, receive, send)
             return
@@ -172,22 +175,37 @@ class _Guard:
         size, more = 0, True
         if declared is not None and declared.isdigit() and int(declared) > limit:
             size = int(declared)
-        while more and size <= limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
+        deadline = asyncio.get_running_loop().time() + self.http.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):  # a body trickled slowly holds no slot past the deadline
+                while more and size <= limit:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await error_response(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self.http.request_timeout_s:g} s "
+                "(serve.request_timeout_s)",
+                headers=_CLOSE,
+                openai=openai,
+            )(scope, receive, send)
+            return
         if size > limit:
-            if more:
-                await _drain(receive)
+            whole = not more or await _drain(
+                receive, _DRAIN_FACTOR * limit, max(deadline - asyncio.get_running_loop().time(), 0.0)
+            )
             await error_response(
                 413,
                 "payload_too_large",
                 f"the request body is over the limit of {limit} bytes; send fewer or shorter inputs "
                 "(serve.max_body_bytes sets the limit)",
                 extra={"limit": limit},
+                headers=None if whole else _CLOSE,
                 openai=openai,
             )(scope, receive, send)
             return
@@ -241,12 +259,30 @@ def _is_openai(path: str) -> bool:
     return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
 
 
-async def _drain(receive: Any) -> None:
-    """Read what is left of a request body, keeping none of it."""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
+_DRAIN_FACTOR = 16
+"""A refused body is read up to this many times `max_body_bytes`, so that its client reads the JSON answer;
+past that (or past the deadline) the answer closes the connection instead."""
+_CLOSE = {"Connection": "close"}
+
+
+async def _drain(receive: Any, budget: int, timeout_s: float) -> bool:
+    """Read and drop what is left of a request body, at most `budget` bytes within `timeout_s`: True when
+    the body ended, False when reading stopped first (the answer then closes the connection)."""
+
+    async def read() -> bool:
+        left = budget
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return True
+            left -= len(message.get("body", b""))
+            if left < 0:
+                return False
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        return False
 
 
 def _replay(body: bytes, receive: Any) -> Any:

@@ -92,14 +92,17 @@ def embeds_base(method: str, from_scratch: bool, task: Task, settings: Any) -> b
     return method == "lora" and (from_scratch or bool(task.model_kwargs(settings)))
 
 
-def point_adapter_at_base(directory: Path, final: str | Path) -> None:
+def point_adapter_at_base(directory: Path, final: str | Path | None) -> None:
     """Name `final`/base_model as the base in the adapter config of the checkpoint in `directory`, which
     will live at `final` (a local path): transformers' `pipeline` and peft's `AutoPeftModel` load the base
-    from there. A checkpoint moved elsewhere keeps working in rayformers (which reads the manifest);
-    `rayformers export` rewrites the path for its copy."""
+    from there. A checkpoint bound for cloud storage (`final` None) names its `base_model` folder relatively,
+    since no path outlives the download: `rayformers export URI DIR` writes the local path for its copy.
+    rayformers itself reads the manifest, wherever the checkpoint is."""
     path = directory / ADAPTER_CONFIG
     adapter = json.loads(path.read_text(encoding="utf-8"))
-    adapter["base_model_name_or_path"] = str(Path(final) / BASE_MODEL_DIR)
+    adapter["base_model_name_or_path"] = (
+        str(Path(final) / BASE_MODEL_DIR) if final is not None else BASE_MODEL_DIR
+    )
     path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

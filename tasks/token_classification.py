@@ -14,6 +14,7 @@ for compatibility.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -36,9 +37,7 @@ __all__ = [
     "split_words",
 ]
 
-# A word, as token-classification corpora (CoNLL, WikiANN, OntoNotes) split them: a run of word characters
-# (joined by inner apostrophes, hyphens and dots: "don't", "e-mail", "3.5"), or one punctuation mark.
-_WORD = re.compile(r"\w+(?:['\u2019.\-]\w+)*|[^\w\s]")
+_WORD = re.compile(r"\S+")
 
 
 class TokenClassificationParameters(ParametersModel):
@@ -53,10 +52,31 @@ class TokenClassificationParameters(ParametersModel):
 
 
 def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """The words of `text`, as training corpora split them (punctuation apart), and their character spans:
-    how raw text meets pre-split training data."""
-    matches = list(_WORD.finditer(text))
-    return [m.group() for m in matches], [m.span() for m in matches]
+    """The words of `text`, as token-classification corpora (CoNLL, WikiANN, OntoNotes) split them, and
+    their character spans: whitespace words, with each punctuation mark or symbol at either end a word of
+    its own ("Paris." is "Paris" and "."), inner ones kept ("don't", "e-mail", "3.5"), and combining marks
+    (Devanagari, Arabic vowel signs) always inside their word. How raw text meets pre-split training data."""
+    words: list[str] = []
+    spans: list[tuple[int, int]] = []
+    for match in _WORD.finditer(text):
+        start, end = match.span()
+        head, tail = start, end
+        while head < tail and _is_mark(text[head]):
+            head += 1
+        while tail > head and _is_mark(text[tail - 1]):
+            tail -= 1
+        pieces = [(i, i + 1) for i in range(start, head)]
+        pieces += [(head, tail)] if head < tail else []
+        pieces += [(i, i + 1) for i in range(tail, end)]
+        for a, b in pieces:
+            words.append(text[a:b])
+            spans.append((a, b))
+    return words, spans
+
+
+def _is_mark(char: str) -> bool:
+    """Punctuation or a symbol (Unicode categories P* and S*)."""
+    return unicodedata.category(char)[0] in "PS"
 
 
 def tokenize_token_classification(

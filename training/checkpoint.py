@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rayformers.data.storage import Location
+from rayformers.data.storage import is_remote
 from rayformers.errors import UserError
 from rayformers.manifest import CheckpointManifest
 from rayformers.tasks.checkpoint import (
@@ -83,8 +83,7 @@ def write_checkpoint(
     if base_model_dir is not None:
         shutil.copytree(base_model_dir, directory / BASE_MODEL_DIR, dirs_exist_ok=True)
         tokenizer.save_pretrained(directory / BASE_MODEL_DIR)
-        if final is not None and Location.parse(final).local:
-            point_adapter_at_base(directory, final)
+        point_adapter_at_base(directory, final if final is not None and not is_remote(final) else None)
     write_manifest(manifest, directory)
     (directory / MODEL_CARD).write_text(_card(manifest, hyperparameters), encoding="utf-8")
     torch.save(training_state, directory / TRAINING_STATE)

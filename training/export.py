@@ -52,7 +52,7 @@ def _export(checkpoint: Path, out: Path, merge_lora: bool, final: str | None) ->
         raise ExportError(f"{checkpoint} is a full checkpoint; --merge-lora applies to LoRA checkpoints only")
     if not merge_lora:
         shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(TRAINING_STATE), dirs_exist_ok=True)
-        if (out / BASE_MODEL_DIR).is_dir() and final is not None:
+        if (out / BASE_MODEL_DIR).is_dir():
             point_adapter_at_base(out, final)  # Hugging Face's loaders find the copy's own base
         return
     from transformers import AutoTokenizer

@@ -322,6 +322,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step >= total_steps:
             break
     progress.close()
+    if base_dir is not None:  # a full copy of the base, in this worker's temp folder
+        shutil.rmtree(base_dir, ignore_errors=True)
 
 
 class StartedBatches:

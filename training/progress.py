@@ -82,6 +82,8 @@ class Progress:
         if self.first_step is None:
             self.first_step = step
             self.stages["first_step"] = now_s
+            # Throughput and ETA count from the end of the first step: not the model load and start-up.
+            self.started = self.window_started = time.monotonic()
             if self.enabled:
                 print(
                     f"[rayformers] first optimizer step {now_s:.1f} s after `rayformers train` started ("
@@ -92,8 +94,9 @@ class Progress:
         if len(self.step_ends) < TIMED_STEPS:
             self.step_ends.append(now_s)
             self.step_rows.append(samples)
-        self.samples += samples
-        self.tokens += tokens
+        if step != self.first_step:  # the first step's rows ran before the clocks started
+            self.samples += samples
+            self.tokens += tokens
         if step % self.every and step != self.total:
             return
         loss = float(loss)
@@ -103,7 +106,7 @@ class Progress:
                 self.writer.add_scalar("train/learning_rate", lr, step)
             now = time.monotonic()
             elapsed = max(now - self.window_started, 1e-9)
-            per_step = (now - self.started) / max(step - self.first_step + 1, 1)
+            per_step = (now - self.started) / max(step - self.first_step, 1)
             eta = per_step * (self.total - step)
             print(
                 f"[rayformers] step {step}/{self.total} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "

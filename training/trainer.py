@@ -289,7 +289,7 @@ def _run(cfg: RunConfig) -> TrainResult:
     metric = cfg.train.metric or task.default_metric_for(manifest.preprocessing)
     mode = cfg.train.metric_mode or ("min" if task.metric_is_lower_better(metric) else "max")
     loop = LoopConfig(
-        run=cfg, settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
+        run=cfg.without_secrets(), settings=manifest.preprocessing, train_rows=manifest.splits["train"].rows,
         data_fingerprint=_fingerprint(cfg), has_validation="validation" in datasets, run_dir=str(run_dir),
         launched_at=launched_at,
     )  # fmt: skip
@@ -329,7 +329,7 @@ def _run(cfg: RunConfig) -> TrainResult:
     latest = result.checkpoint.path if result.checkpoint is not None else best[0]
     best = (str(storage.at(best[0])), best[1])
     summary = {
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.without_secrets().model_dump(mode="json"),
         "metric": metric,
         "mode": mode,
         "best_checkpoint": best[0],

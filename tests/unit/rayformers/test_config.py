@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,16 @@ def test_yaml_errors_name_the_line(tmp_path):
     assert "line" in err.value.issues[0].message
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_run_config_without_secrets_keeps_everything_but_the_api_keys():
+    from rayformers.loading import load_config
+
+    key = "k" * 24
+    cfg = load_config(REPO / "configs/text-classification/full.yaml", [f"serve.api_keys=[{key}]"])
+    assert cfg.serve.api_keys == [key]
+    clean = cfg.without_secrets()
+    assert key not in json.dumps(clean.model_dump(mode="json")) and clean.serve.api_keys == []
+    assert clean.model_dump(exclude={"serve": {"api_keys"}}) == cfg.model_dump(
+        exclude={"serve": {"api_keys"}}
+    )

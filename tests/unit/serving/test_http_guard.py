@@ -79,6 +79,15 @@ def test_the_openai_routes_answer_401_in_openai_error_shape():
     assert call(app, "/v1/completions", body=b"{}", headers=bearer(KEY)).status == 200
 
 
+def test_an_open_prefix_ends_at_a_path_segment():
+    from rayformers.serving.access import is_open
+
+    assert is_open("/sentiment", ["/sentiment*"]) and is_open("/sentiment/info", ["/sentiment*"])
+    assert not is_open("/sentiment-internal/predict", ["/sentiment*"])
+    assert not is_open("/sentiment2/info", ["/sentiment*"])
+    assert is_open("/sentiment/info", ["/sentiment/*"]) and not is_open("/sentimental/x", ["/sentiment/*"])
+
+
 def test_open_routes_answer_without_a_key_and_no_keys_means_open():
     app = app_with(HttpArgs(api_keys=[KEY], open_routes=["/sentiment/info"]))
     assert call(app, "/info", method="GET", root_path="/sentiment").status == 200
@@ -100,6 +109,37 @@ def test_a_refused_body_is_read_to_its_end_before_the_answer():
     assert declared.status == 413 and declared.chunks_read_before_answer == declared.chunks == 1
     fits = call(app, "/echo", body=[b"x" * 1000] * 4, headers=bearer(KEY))
     assert fits.status == 200 and fits.json() == {"bytes": 4000}
+
+
+def test_an_endless_or_trickled_body_holds_no_slot():
+    """A refused body is drained only up to 16x the limit, then the answer closes the connection; a body
+    that never ends in time is answered 408 at the deadline."""
+    app = app_with(HttpArgs(api_keys=[KEY], max_body_bytes=1024, request_timeout_s=0.3))
+    endless = [b"z" * 1000] * 500  # 500 kB, far past 16 x 1024
+    for headers in ({}, bearer(KEY)):  # a stranger's 401 and a keyed 413 alike
+        answer = call(app, "/echo", body=endless, headers=headers)
+        assert answer.status in (401, 413) and answer.headers.get("connection") == "close"
+        assert answer.chunks_read_before_answer <= 20
+    received: list[dict] = []
+
+    async def trickle() -> dict:
+        if not received:
+            received.append({})
+            return {"type": "http.request", "body": b"x", "more_body": True}
+        await asyncio.sleep(60)  # the rest never comes
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        received.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/echo", "raw_path": b"/echo", "root_path": "", "query_string": b"",
+             "headers": [(b"authorization", f"Bearer {KEY}".encode())], "server": ("t", 80), "client": ("c", 1)}  # fmt: skip
+    began = time.perf_counter()
+    asyncio.run(app(scope, trickle, send))
+    assert time.perf_counter() - began < 5
+    start = next(m for m in received if m.get("type") == "http.response.start")
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
 
 
 def test_a_body_of_many_chunks_is_read_in_linear_time():

@@ -130,6 +130,12 @@ def test_split_words_splits_punctuation_as_training_corpora_do():
     assert words == ["Alice", "flew", "to", "Paris", ".", "She", "didn't", "stay", ",", "(", "in", "3.5", "days",
                      ")", "e-mail", "."]  # fmt: skip
     assert [text[a:b] for a, b in spans] == words
+    # Combining marks belong to their word (Devanagari, Arabic vowel signs, a decomposed accent).
+    for word in ["राम", "दिल्ली", "مُحَمَّد", "Cafe\u0301"]:
+        assert split_words(f"{word} {word}.") == (
+            [word, word, "."],
+            [(0, len(word)), (len(word) + 1, 2 * len(word) + 1), (2 * len(word) + 1, 2 * len(word) + 2)],
+        )
 
 
 QA_CONTEXT = "Alice Smith works at Acme . The cat sat on a mat ."

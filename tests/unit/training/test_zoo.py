@@ -97,6 +97,8 @@ def _request(task_name: str, tokenizer: Any) -> tuple[list[Any], dict[str, Any]]
     inputs, parameters = CASES[task_name]
     if task_name == "fill-mask":
         inputs = [text.replace("[MASK]", tokenizer.mask_token) for text in inputs]
+    if task_name == "token-classification":  # every word answered, so the labels are checked
+        parameters = {**parameters, "ignore_labels": []}
     return inputs[:1], parameters
 
 
@@ -152,7 +154,11 @@ def test_build_train_checkpoint_resume_serve(zoo, tmp_path, task_name, architect
     assert set(ours) == set(theirs)
     # peft's stand-by copy of a head the checkpoint did not hold (`original_module`, used only with the
     # adapter disabled) is drawn anew by each load of a hub base; the head the adapter trains is saved.
-    different = [k for k in ours if not torch.equal(ours[k], theirs[k]) and ".original_module." not in k]
+    # With the base embedded, even that copy must come back.
+    stand_by = base_dir is None
+    different = [
+        k for k in ours if not torch.equal(ours[k], theirs[k]) and not (stand_by and ".original_module." in k)
+    ]
     assert not different, different[:5]
 
     # Serve: one request through serving's loader and the task's handler.
@@ -163,7 +169,7 @@ def test_build_train_checkpoint_resume_serve(zoo, tmp_path, task_name, architect
     if task_name == "text-classification":
         assert {a["label"] for a in answer} == names
     elif task_name == "token-classification":
-        assert all(e["entity_group"] in {n.split("-")[-1] for n in names} for e in answer)
+        assert answer and all(e["entity_group"] in {n.split("-")[-1] for n in names} for e in answer)
     elif task_name == "zero-shot-classification":
         assert sorted(answer["labels"]) == sorted(parameters["candidate_labels"])
     else:
