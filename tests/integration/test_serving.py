@@ -358,7 +358,7 @@ def test_openai_routes(server):
         == "unknown_model"
     )
     # The app's max_inputs_per_request holds on the OpenAI routes too (a 1 MB body is ~250k short inputs).
-    many = _error(post(server, "/v1/embeddings", {"model": "embed", "input": ["x"] * 5000}), 413)
+    many = _error(post(server, "/v1/embeddings", {"model": "embed", "input": ["x"] * 65}), 413)
     assert many["type"] == "too_many_inputs" and many["field"] == "input" and many["limit"] == 64
     prompts = _error(post(server, "/v1/completions", {"model": "gen", "prompt": ["x"] * 65}), 413)
     assert prompts["field"] == "prompt"
