@@ -31,6 +31,8 @@ from rayformers.manifest import LabelMap, PreprocessSettings, label_key
 from rayformers.tasks import get_task
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from rayformers.tasks.base import Task
 
 __all__ = ["TokenizeBatch", "TokenizerPool", "build_tokenized", "to_arrow", "tokenizer_pool"]
@@ -267,8 +269,11 @@ def build_tokenized(
     revision: str | None = None,
     trust_remote_code: bool = False,
     labels: LabelMap | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> TokenizedData:
-    """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded."""
+    """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded.
+    `tokenizer`: the one `tokenizer_source` names, if the caller loaded it already (the CLI loads it
+    while Ray starts)."""
     if data.tokenized is not None:
         return read_tokenized(data, task_name, tokenizer_source)
     task = get_task(task_name)
@@ -286,6 +291,11 @@ def build_tokenized(
     )
     if data.limit is not None:
         train = train.limit(data.limit)
+    if data.shuffle:
+        # One global, seeded shuffle (Ray Data's out-of-core all-to-all), so that training reads mixed
+        # shards however the source was ordered. It moves the records, before tokenizing: they are half
+        # the bytes of the model inputs, and the tokenized rows then stream to the writer.
+        train = train.random_shuffle(seed=data.seed)
     validation = None
     if data.validation is not None or held_out:
         ledgers["validation"] = SharedLedger.new()
@@ -314,9 +324,11 @@ def build_tokenized(
         data, task, labels, hub_names, lambda column: _column_values(training_rows(), column)
     )
     # Loading once on the driver fails fast on a bad tokenizer, before any actor starts.
-    tokenizer_class = tokenizer_class_path(
-        load_tokenizer(tokenizer_source, task_name, revision=revision, trust_remote_code=trust_remote_code)
-    )
+    if tokenizer is None:
+        tokenizer = load_tokenizer(
+            tokenizer_source, task_name, revision=revision, trust_remote_code=trust_remote_code
+        )
+    tokenizer_class = tokenizer_class_path(tokenizer)
     # The cluster's CPUs, or what a caller knows is left (training passes its total less its workers').
     cpus = available_cpus if available_cpus is not None else float(ray.cluster_resources().get("CPU", 1.0))
     pool = tokenizer_pool(data, cpus)
@@ -326,7 +338,7 @@ def build_tokenized(
             TokenizeBatch,
             batch_format="pyarrow",
             batch_size=data.batch_size,
-            concurrency=pool.actors,
+            compute=ray.data.ActorPoolStrategy(size=pool.actors),
             num_cpus=pool.cpus_per_actor,
             fn_constructor_kwargs={
                 "tokenizer_source": tokenizer_source,
@@ -347,4 +359,5 @@ def build_tokenized(
         settings=settings,
         tokenizer_source=tokenizer_source,
         ledgers=ledgers,
+        tokenizer=tokenizer,
     )

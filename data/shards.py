@@ -53,10 +53,6 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
     for name, dataset in (("train", tokenized.train), ("validation", tokenized.validation)):
         if dataset is None:
             continue
-        if name == "train" and data.shuffle:
-            # One global, seeded shuffle (Ray Data's out-of-core all-to-all), so that training reads
-            # mixed shards however the source was ordered.
-            dataset = dataset.random_shuffle(seed=data.seed)
         dataset.write_parquet((out / name).path, filesystem=out.fs)
         summary = _summarize_shards(out / name, settings)
         if summary.rows == 0:
@@ -67,7 +63,9 @@ def write_tokenized(tokenized: TokenizedData, data: DataConfig, where: str | Pat
     manifest = DataManifest(
         source=data.model_dump(mode="json"),
         tokenizer=tokenized.tokenizer_source,
-        tokenizer_hash=tokenizer_fingerprint(load_tokenizer(tokenized.tokenizer_source, settings.task)),
+        tokenizer_hash=tokenizer_fingerprint(
+            tokenized.tokenizer or load_tokenizer(tokenized.tokenizer_source, settings.task)
+        ),
         preprocessing=settings,
         splits={
             name: SplitStats(

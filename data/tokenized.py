@@ -23,6 +23,8 @@ class TokenizedData:
     settings: PreprocessSettings
     tokenizer_source: str
     ledgers: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
+    """The tokenizer the splits were made with, loaded on the driver (None: load it from the source)."""
 
     def bad_rows(self) -> dict[str, dict[str, Any]]:
         """Skipped rows per split: {'train': {'counts': {...}, 'examples': {...}}, ...}."""

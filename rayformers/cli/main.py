@@ -43,21 +43,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 @contextmanager
 def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """The config and its lazily tokenized splits, inside a Ray session closed on the way out."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from rayformers.cluster import connect
     from rayformers.data.pipeline import build_tokenized
+    from rayformers.data.tokenizer import load_tokenizer
 
     cfg = load_config(args.config, args.overrides)
-    with connect(cfg.cluster):
-        yield (
-            cfg,
-            build_tokenized(
-                cfg.data,
-                cfg.model.task,
-                cfg.model.tokenizer_source,
-                revision=cfg.model.tokenizer_revision,
-                trust_remote_code=cfg.model.trust_remote_code,
-            ),
+    model = cfg.model
+    with ThreadPoolExecutor(1) as loader:
+        # The driver's tokenizer (transformers' and torch's imports: seconds) loads while Ray starts.
+        tokenizer = loader.submit(
+            load_tokenizer,
+            model.tokenizer_source,
+            model.task,
+            revision=model.tokenizer_revision,
+            trust_remote_code=model.trust_remote_code,
         )
+        with connect(cfg.cluster):
+            yield (
+                cfg,
+                build_tokenized(
+                    cfg.data,
+                    model.task,
+                    model.tokenizer_source,
+                    revision=model.tokenizer_revision,
+                    trust_remote_code=model.trust_remote_code,
+                    tokenizer=tokenizer.result() if cfg.data.tokenized is None else None,
+                ),
+            )
 
 
 def _print_bad_rows(bad_rows: dict[str, dict[str, Any]]) -> None:
