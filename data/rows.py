@@ -151,7 +151,8 @@ class SharedLedger:
                 .options(name=_BOOK_NAME, namespace=_BOOK_NAMESPACE, get_if_exists=True)
                 .remote()
             )
-            ray.get(handle.__ray_ready__.remote())  # registered by name before any task looks it up
+            # Not awaited: Ray registers a named actor's name before `.remote()` returns (that is how it
+            # can raise ActorAlreadyExistsError), so tasks find it; its process starts meanwhile.
             _book_handles[job] = handle
         return cls(uuid.uuid4().hex)
 
