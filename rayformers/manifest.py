@@ -9,6 +9,7 @@ files it describes (`rayformers.data.shards`, `rayformers.tasks.checkpoint`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from importlib import metadata
 from typing import Any, Literal
@@ -55,6 +56,11 @@ def label_key(value: Any) -> str:
     return str(value).strip()
 
 
+@functools.lru_cache(maxsize=64)
+def _index(names: tuple[str, ...]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
 class LabelMap(_Record):
     """Label names in id order; ids are positions."""
 
@@ -76,7 +82,9 @@ class LabelMap(_Record):
 
     @property
     def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.names)}
+        """Name -> id, built once per list of names (the data stage looks a label up per row): read it,
+        never change it."""
+        return _index(tuple(self.names))
 
     @property
     def id2label(self) -> dict[int, str]:

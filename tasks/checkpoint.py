@@ -108,7 +108,7 @@ def point_adapter_at_base(directory: Path, final: str | Path | None) -> None:
 
 def label_kwargs(labels: LabelMap) -> dict[str, Any]:
     """A model config's label arguments for `labels`: its size and both directions of the map."""
-    return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": labels.label2id}
+    return {"num_labels": len(labels), "id2label": labels.id2label, "label2id": dict(labels.label2id)}
 
 
 def load_model(
