@@ -46,14 +46,18 @@ class RaySession:
         self.close()
 
 
+def _env_vars(cluster: ClusterConfig) -> dict[str, str]:
+    # Rust tokenizers spawn threads per process; Ray already runs one process per core.
+    return {"TOKENIZERS_PARALLELISM": "false", **cluster.env_vars}
+
+
 def _runtime_env(cluster: ClusterConfig) -> dict[str, Any]:
     env: dict[str, Any] = {}
     if cluster.working_dir:
         env["working_dir"] = cluster.working_dir
     if cluster.pip:
         env["pip"] = list(cluster.pip)
-    # Rust tokenizers spawn threads per process; Ray already runs one process per core.
-    env["env_vars"] = {"TOKENIZERS_PARALLELISM": "false", **cluster.env_vars}
+    env["env_vars"] = _env_vars(cluster)
     return env
 
 
@@ -66,7 +70,12 @@ def connect(cluster: ClusterConfig) -> RaySession:
         return RaySession(owned=False, address=None)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs: dict[str, Any] = {"log_to_driver": True}
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+    if cluster.address is None and not cluster.working_dir and not cluster.pip:
+        # An embedded Ray's workers inherit this process's environment: the variables go there, not in a
+        # runtime env, whose workers Ray cannot take from its pre-started pool (each start then costs
+        # about a second more: measured 1.2 s against 0.3 s for a first task).
+        os.environ.update(_env_vars(cluster))
+    elif "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         # Inside a submitted job the job's runtime env already applies (`rayformers submit` ships the
         # same settings); Ray refuses a driver that names its own on top.
         kwargs["runtime_env"] = _runtime_env(cluster)
