@@ -446,7 +446,9 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(
         default=1_000_000,
         ge=1024,
-        description="Largest request body in bytes: a larger one is read to its end and answered 413 in JSON.",
+        description="Largest request body in bytes: a larger one is answered 413 in JSON; the server reads "
+        "on up to 16 times this within the request deadline, so the client sees the answer, then closes the "
+        "connection.",
     )
     request_timeout_s: float = Field(
         default=60.0,

@@ -134,7 +134,7 @@ def make_checkpoint(
         model = build_model(cfg, spec, loaded_tokenizer, settings, seed)
         with tempfile.TemporaryDirectory() as base_dir:
             if method == "lora":
-                model.save_pretrained(base_dir)  # the clean base, as training's _save_clean_base writes it
+                model.save_pretrained(base_dir)  # the clean base, as training's save_clean_base writes it
                 model = _random_adapter(model, spec, seed if adapter_seed is None else adapter_seed)
             manifest = CheckpointManifest(
                 task=task,  # type: ignore[arg-type]

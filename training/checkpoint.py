@@ -22,7 +22,7 @@ from rayformers.tasks.checkpoint import (
     write_manifest,
 )
 
-__all__ = ["load_training_state", "write_checkpoint"]
+__all__ = ["load_training_state", "save_clean_base", "write_checkpoint"]
 
 
 def _card(manifest: CheckpointManifest, hyperparameters: dict[str, Any]) -> str:
@@ -114,3 +114,24 @@ def resume_differences(
     if manifest.method != method:
         differences.append(f"method: the checkpoint is {manifest.method}, this run is {method}")
     return differences
+
+
+def save_clean_base(model: Any, directory: Path) -> None:
+    """The randomly initialised base of a from-scratch LoRA run, saved without adapters: serving and
+    `PeftModel.from_pretrained` need the exact base the adapter was trained on."""
+    with model.disable_adapter():
+        state = {
+            k.replace("base_model.model.", "", 1): v
+            for k, v in model.state_dict().items()
+            if "lora_" not in k
+        }
+    base = model.get_base_model()
+    clean = {k.replace(".base_layer", ""): v for k, v in state.items() if "modules_to_save" not in k}
+    clean = {k.replace(".original_module", ""): v for k, v in clean.items()}
+    fresh = type(base)(base.config)
+    missing, unexpected = fresh.load_state_dict(clean, strict=False)
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:  # a base saved without some of its weights would serve a different model
+        raise RuntimeError(f"the clean base lost weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    fresh.save_pretrained(directory)

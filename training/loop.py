@@ -117,6 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ResumeError,
         load_training_state,
         resume_differences,
+        save_clean_base,
         write_checkpoint,
     )
     from rayformers.training.model import build_model, parameter_counts
@@ -148,11 +149,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if base_dir is not None and (Path(directory) / BASE_MODEL_DIR).is_dir():
                 shutil.copytree(Path(directory) / BASE_MODEL_DIR, base_dir, dirs_exist_ok=True)
             elif base_dir is not None:  # a checkpoint written before hub bases were embedded
-                _save_clean_base(model, base_dir)
+                save_clean_base(model, base_dir)
     else:
         model = build_model(run.model, task, tokenizer, settings, train.seed)
         if base_dir is not None:
-            _save_clean_base(model, base_dir)
+            save_clean_base(model, base_dir)
     trainable, total = parameter_counts(model)
     if rank == 0:
         print(
@@ -352,24 +353,3 @@ class StartedBatches:
             raise self._error
         yield from self._first
         yield from self._iterator
-
-
-def _save_clean_base(model: Any, directory: Path) -> None:
-    """The randomly initialised base of a from-scratch LoRA run, saved without adapters: serving and
-    `PeftModel.from_pretrained` need the exact base the adapter was trained on."""
-    with model.disable_adapter():
-        state = {
-            k.replace("base_model.model.", "", 1): v
-            for k, v in model.state_dict().items()
-            if "lora_" not in k
-        }
-    base = model.get_base_model()
-    clean = {k.replace(".base_layer", ""): v for k, v in state.items() if "modules_to_save" not in k}
-    clean = {k.replace(".original_module", ""): v for k, v in clean.items()}
-    fresh = type(base)(base.config)
-    missing, unexpected = fresh.load_state_dict(clean, strict=False)
-    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:  # a base saved without some of its weights would serve a different model
-        raise RuntimeError(f"the clean base lost weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    fresh.save_pretrained(directory)

@@ -67,13 +67,13 @@ def test_the_clean_base_of_a_from_scratch_lora_run_is_the_adapters_base(wordpiec
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rayformers.training.loop import _save_clean_base
+    from rayformers.training.checkpoint import save_clean_base
 
     tok = AutoTokenizer.from_pretrained(wordpiece_dir)
     model = build_model(
         cfg(wordpiece_dir, method="lora"), get_task("text-classification"), tok, settings("a", "b"), seed=0
     )
-    _save_clean_base(model, tmp_path)
+    save_clean_base(model, tmp_path)
     base = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     batch = tok(["the cat sat", "a dog"], padding=True, return_tensors="pt")
     model.eval()

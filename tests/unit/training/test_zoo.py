@@ -23,8 +23,7 @@ from rayformers.manifest import CheckpointManifest, LabelMap, PreprocessSettings
 from rayformers.serving.checkpoint import build_handler, load_checkpoint
 from rayformers.tasks import get_task
 from rayformers.tasks.checkpoint import BASE_MODEL_DIR, embeds_base, load_model, read_manifest
-from rayformers.training.checkpoint import write_checkpoint
-from rayformers.training.loop import _save_clean_base
+from rayformers.training.checkpoint import save_clean_base, write_checkpoint
 from rayformers.training.model import build_model
 from tests.task_examples import CASES, TRAIN_ROWS
 from tests.zoo import MNLI, SHARDED, standin
@@ -120,7 +119,7 @@ def test_build_train_checkpoint_resume_serve(zoo, tmp_path, task_name, architect
     base_dir = None
     if embeds_base(method, False, task, settings):
         base_dir = tmp_path / "base"
-        _save_clean_base(model, base_dir)
+        save_clean_base(model, base_dir)
 
     # A few optimizer steps, as the loop takes them: the task's rows, collator and loss.
     batch = task.collator(tokenizer, seed=0)(_as_batch(task.preprocess(rows, tokenizer, settings, "train")))
