@@ -9,7 +9,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -18,7 +18,10 @@ from rayformers.config import RunConfig
 from rayformers.manifest import CheckpointManifest, PreprocessSettings
 from rayformers.training.accumulation import GradientAccumulation
 
-__all__ = ["LoopConfig", "train_loop_per_worker"]
+if TYPE_CHECKING:
+    from rayformers.tasks.base import Task
+
+__all__ = ["LoopConfig", "evaluation_batches", "train_loop_per_worker"]
 
 
 class LoopConfig(BaseModel):
@@ -212,17 +215,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # NumPy batches collated here, not `iter_torch_batches`: evaluation batches carry non-tensor
             # columns (QA's example ids and texts) that Ray's device transfer refuses. `evaluate` moves
             # the tensors.
-            # A fresh collator per evaluation: fill-mask masks the same tokens every time, so
-            # evaluations compare checkpoints, not mask draws.
-            eval_collator = task.collator(
-                tokenizer, mlm_probability=run.data.mlm_probability, seed=train.seed, evaluation=True
+            rows = ray.train.get_dataset_shard("validation").iter_batches(
+                batch_size=train.batch_size, batch_format="numpy"
             )
-            batches = (
-                eval_collator(b)
-                for b in ray.train.get_dataset_shard("validation").iter_batches(
-                    batch_size=train.batch_size, batch_format="numpy"
-                )
-            )
+            batches = evaluation_batches(task, tokenizer, rows, run.data.mlm_probability, train.seed)
             metrics.update(evaluate(model, batches, task, settings, tokenizer, device, train.metric_module))
         history.append(metrics)
         progress.metrics(step, metrics)
@@ -325,6 +321,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress.close()
     if base_dir is not None:  # a full copy of the base, in this worker's temp folder
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def evaluation_batches(
+    task: Task, tokenizer: Any, rows: Iterable[dict[str, Any]], mlm_probability: float, seed: int
+) -> Iterator[dict[str, Any]]:
+    """One evaluation's collated batches of `rows` (NumPy batches of the validation split). Its collator
+    is made here, fresh each evaluation: fill-mask then masks the same tokens every time, so that
+    evaluations compare checkpoints, not mask draws."""
+    collate = task.collator(tokenizer, mlm_probability=mlm_probability, seed=seed, evaluation=True)
+    return (collate(batch) for batch in rows)
 
 
 class StartedBatches:
