@@ -115,6 +115,10 @@ class ModelReplica:
 
         self.args = AppArgs.model_validate(args)
         resolve_keys(self.args.http)  # no keys where the build had some: fail before loading the model
+        # Requests are tokenized on the model thread, next to torch's own threads; Rust's thread pool
+        # would compete with them. Set here, not only by `rayformers serve`'s Ray, so that `serve build`
+        # deployments and RayServices tokenize alike; an operator's own setting stays.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         on_gpu = self.args.num_gpus > 0 and torch.cuda.is_available()
         threads = torch_threads(self.args.num_cpus)
         # torch's intra-op thread count is the calling thread's (OpenMP): set it where the model runs.

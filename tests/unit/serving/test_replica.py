@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rayformers.serving.replica import client_mistake, is_storage_path
 from rayformers.tasks.text_classification import TextPair
 
@@ -34,3 +36,20 @@ def test_storage_paths_are_told_from_model_ids():
         assert is_storage_path(path), path
     for name in ("bert-base-uncased", "org/model", "base_model", "gpt2", None):
         assert not is_storage_path(name), name
+
+
+def test_a_replica_turns_rust_tokenizer_threads_off_however_it_was_deployed(tiny_checkpoint, monkeypatch):
+    """Issue 12: only `rayformers serve` set TOKENIZERS_PARALLELISM (through its Ray's environment), so a
+    `serve build` deployment or a RayService tokenized on Rust threads competing with torch's. The
+    replica sets it itself; an operator's explicit value is kept."""
+    from rayformers.serving.args import AppArgs
+    from rayformers.serving.replica import ModelReplica
+
+    checkpoint = str(tiny_checkpoint("text-classification"))
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    replica = ModelReplica(AppArgs(name="tok", checkpoint=checkpoint).model_dump())
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert replica.handler.predict(["a fine film"], {})[0]["label"]  # and it still answers
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    ModelReplica(AppArgs(name="tok", checkpoint=checkpoint).model_dump())
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
