@@ -162,7 +162,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
             except InputError as err:  # Ray's wrapper is an InputError too; its text is Ray's
                 cause = getattr(err, "cause", err)
                 raise ApiError(422, "invalid_request", str(cause), field=cause.field) from None
-            params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens)
+            params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens, chat=True)
             if body.stream:
                 return self._stream("chat.completion", body.model, handle, prompt, params, adapter, "")
             texts, finish, used = await self._complete(handle, [prompt], params, adapter)

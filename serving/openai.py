@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayformers.tasks.schemas import MAX_NEW_TOKENS
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
@@ -37,7 +39,9 @@ class _OpenAIRequest(BaseModel):
 
 
 class _Sampling(_OpenAIRequest):
-    max_tokens: int | None = Field(default=None, ge=1, le=4096, description="Most tokens to generate.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate."
+    )
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 decodes greedily.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: Literal[1] = Field(default=1, description="Only one choice per prompt is produced.")
@@ -65,7 +69,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
 
 
 class EmbeddingRequest(_OpenAIRequest):
@@ -89,14 +93,16 @@ class RerankRequest(_OpenAIRequest):
     return_documents: bool = Field(default=True, description="Include each document's text in its result.")
 
 
-DEFAULT_MAX_TOKENS = 16
+COMPLETION_MAX_TOKENS = 16
+"""OpenAI's default for a completion without max_tokens. A chat without it has none: it runs to the end
+of its text or of the model's positions (at most MAX_NEW_TOKENS), as OpenAI's and vLLM's do."""
 
 
-def generation_parameters(request: _Sampling, max_tokens: int | None) -> dict[str, Any]:
+def generation_parameters(request: _Sampling, max_tokens: int | None, chat: bool = False) -> dict[str, Any]:
     """OpenAI sampling fields as text-generation handler parameters."""
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     params: dict[str, Any] = {
-        "max_new_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+        "max_new_tokens": max_tokens or (None if chat else COMPLETION_MAX_TOKENS),
         "do_sample": request.temperature > 0,
         "return_full_text": False,
         "stop": stop,

@@ -29,10 +29,14 @@ class InputModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_NEW_TOKENS = 1024
+"""The most tokens one request may ask a generating task for, on every route (OpenAI's included)."""
+
+
 class SamplingParameters(ParametersModel):
     """Decoding controls shared by every generating task."""
 
-    max_new_tokens: int = Field(default=32, ge=1, le=1024, description="Most tokens to generate.")
+    max_new_tokens: int = Field(default=32, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate.")
     do_sample: bool = Field(default=False, description="Sample (true) or decode greedily (false).")
     temperature: float | None = Field(
         default=None, ge=0.0, le=100.0, description="Sampling temperature; 0 decodes greedily."

@@ -25,7 +25,7 @@ from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import LanguageModelEvaluator
 from rayformers.tasks.handler import Handler, InputError
-from rayformers.tasks.schemas import SamplingParameters, StopString
+from rayformers.tasks.schemas import MAX_NEW_TOKENS, SamplingParameters, StopString
 
 __all__ = [
     "TASK",
@@ -40,6 +40,13 @@ __all__ = [
 
 
 class GenerationParameters(SamplingParameters):
+    max_new_tokens: int | None = Field(  # type: ignore[assignment]
+        default=32,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description=f"Most tokens to generate. null: as many as the model's positions leave after the prompt, "
+        f"at most {MAX_NEW_TOKENS} (what an OpenAI chat without max_tokens asks for).",
+    )
     stop: list[StopString] = Field(
         default_factory=list, max_length=16, description="Cut the text at the first of these strings."
     )
@@ -278,21 +285,36 @@ class TextGenerationHandler(Handler):
     def _predict(self, inputs: list[str], parameters: list[GenerationParameters]) -> list[Any]:
         return self._generate(inputs, parameters)
 
-    def prompt_ids(self, inputs: list[str], max_new_tokens: int | list[int]) -> list[list[int]]:
+    @property
+    def positions(self) -> int:
+        """The most tokens, prompt and new ones together, the model can attend to."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        return int(limit) if limit else self.settings.max_length + MAX_NEW_TOKENS
+
+    def new_token_limits(self, prompts: list[list[int]], wanted: list[int | None]) -> list[int]:
+        """Each row's token limit: as asked, or (None) what the model's positions leave after its prompt,
+        at most MAX_NEW_TOKENS."""
+        return [
+            w if w is not None else min(MAX_NEW_TOKENS, self.positions - len(p))
+            for p, w in zip(prompts, wanted, strict=True)
+        ]
+
+    def prompt_ids(self, inputs: list[str], max_new_tokens: int | list[int | None] | None) -> list[list[int]]:
         """Prompt token ids through the preprocessing function. Two differences from training rows,
         both because a prompt is to be continued: a trailing end-of-text token is dropped, and an
         over-long prompt loses its beginning, not its end (keeping the last `max_length` tokens)."""
         untruncated = self.settings.model_copy(update={"truncation": False})
         rows = self.tokenize({"text": inputs}, untruncated)["input_ids"]
-        limit = getattr(self.model.config, "max_position_embeddings", None) or self.settings.max_length + 1024
+        limit = self.positions
         wanted = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(rows)
         prompts = []
-        for i, (row, new_tokens) in enumerate(zip(rows, wanted, strict=True)):
+        for i, (row, asked) in enumerate(zip(rows, wanted, strict=True)):
             if len(row) > 1 and row[-1] == self.tokenizer.eos_token_id:
                 row = row[:-1]
             row = row[-self.settings.max_length :]
             if not row:
                 raise InputError(f"inputs[{i}]", "the prompt is empty and this tokenizer adds no start token")
+            new_tokens = 1 if asked is None else asked  # unset: whatever room is left, but some
             if len(row) + new_tokens > limit:
                 raise InputError(
                     "parameters.max_new_tokens",
@@ -323,8 +345,9 @@ class TextGenerationHandler(Handler):
         import torch
         from transformers import StoppingCriteriaList
 
-        limits = [p.max_new_tokens for p in parameters]
-        prompts = self.prompt_ids(inputs, limits)
+        wanted = [p.max_new_tokens for p in parameters]
+        prompts = self.prompt_ids(inputs, wanted)
+        limits = self.new_token_limits(prompts, wanted)
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)

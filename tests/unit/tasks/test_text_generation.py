@@ -10,6 +10,7 @@ import torch
 
 from rayformers.serving.checkpoint import build_handler, load_checkpoint
 from rayformers.serving.errors import InputError
+from rayformers.tasks.schemas import MAX_NEW_TOKENS
 from rayformers.tasks.text_generation import GenerationParameters, TextGenerationHandler
 
 PROMPT = "Once upon a time in Paris"
@@ -186,3 +187,39 @@ def test_streams_in_one_batch_each_get_their_own_text(handler, monkeypatch):
     assert ["".join(r) for r in received] == expected
     assert all(len(r) > 1 for r in received)  # text arrived in pieces, not at the end
     assert ended == [u[0] for u in usage]
+
+
+def test_unset_max_new_tokens_takes_the_room_the_models_positions_leave(handler, monkeypatch):
+    """Issue 12: an OpenAI chat without max_tokens stopped at 16 tokens. Unset (null), a row may run to
+    the end of the model's positions after its prompt, capped at MAX_NEW_TOKENS."""
+    seen = []
+    run = handler._run
+    monkeypatch.setattr(
+        handler, "_run", lambda kwargs, seed: (seen.append(kwargs["max_new_tokens"]), run(kwargs, seed))[1]
+    )
+    _, (usage,) = handler.predict_with_usage([PROMPT], {"max_new_tokens": None, "return_full_text": False})
+    room = handler.positions - usage.prompt_tokens
+    assert room > 32  # more than /predict's default, so the test tells the two apart
+    assert seen == [min(MAX_NEW_TOKENS, room)]
+    assert usage.completion_tokens <= room
+    assert usage.finish_reason == "length" or usage.completion_tokens < room
+
+
+def test_openai_routes_cap_max_tokens_as_the_handler_does_and_chat_has_no_default_of_16():
+    """Issue 12: the routes took max_tokens up to 4096, which the handler refused above 1024 (a 422
+    blaming `parameters`); a chat without max_tokens got 16 tokens."""
+    from rayformers.serving import openai as oai
+
+    with pytest.raises(pydantic.ValidationError, match="max_tokens"):
+        oai.CompletionRequest(model="gen", prompt="the", max_tokens=MAX_NEW_TOKENS + 1)
+    with pytest.raises(pydantic.ValidationError, match="max_completion_tokens"):
+        oai.ChatCompletionRequest(
+            model="gen",
+            messages=[{"role": "user", "content": "hi"}],
+            max_completion_tokens=MAX_NEW_TOKENS + 1,
+        )
+    chat = oai.ChatCompletionRequest(model="gen", messages=[{"role": "user", "content": "hi"}])
+    assert oai.generation_parameters(chat, None, chat=True)["max_new_tokens"] is None
+    completion_ = oai.CompletionRequest(model="gen", prompt="the")
+    assert oai.generation_parameters(completion_, None)["max_new_tokens"] == oai.COMPLETION_MAX_TOKENS == 16
+    assert GenerationParameters(max_new_tokens=MAX_NEW_TOKENS).max_new_tokens == MAX_NEW_TOKENS
