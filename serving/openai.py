@@ -116,9 +116,15 @@ def generation_parameters(request: _Sampling, max_tokens: int | None, chat: bool
 
 def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The model's own chat template when its tokenizer has one; else a plain transcript that ends
-    where the assistant speaks."""
+    where the assistant speaks. The prompt is encoded as any prompt is, with the tokenizer's special
+    tokens: a template that writes the BOS token itself (Llama's, Mistral's) loses that one, so the
+    model sees one BOS, not two."""
     if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        bos = tokenizer.bos_token
+        if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            text = text[len(bos) :]
+        return text
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"])
 

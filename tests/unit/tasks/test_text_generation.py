@@ -223,3 +223,22 @@ def test_openai_routes_cap_max_tokens_as_the_handler_does_and_chat_has_no_defaul
     completion_ = oai.CompletionRequest(model="gen", prompt="the")
     assert oai.generation_parameters(completion_, None)["max_new_tokens"] == oai.COMPLETION_MAX_TOKENS == 16
     assert GenerationParameters(max_new_tokens=MAX_NEW_TOKENS).max_new_tokens == MAX_NEW_TOKENS
+
+
+def test_a_chat_template_that_writes_bos_gives_the_prompt_one_bos(handler):
+    """Issue 12: a template carrying `{{ bos_token }}` (Llama's, Mistral's) rendered "<s>..." and the
+    prompt's encoding added another BOS."""
+    from rayformers.serving.openai import chat_prompt
+
+    tok = handler.tokenizer
+    saved = getattr(tok, "chat_template", None)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    try:
+        prompt = chat_prompt(tok, [{"role": "user", "content": "hello there"}])
+    finally:
+        tok.chat_template = saved
+    (ids,) = handler.prompt_ids([prompt], 4)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert "hello there" in tok.decode(ids)
