@@ -138,7 +138,10 @@ class Handler(ABC):
         self.loaded = loaded
         self.task = loaded.task
         self.tokenizer = loaded.tokenizer
-        self.settings = loaded.settings
+        # Serving always truncates at the training max_length. `truncation: false` made over-long
+        # training rows bad rows, which a request cannot be: its text would overrun the model's
+        # positions and fail in the forward (a 500 and a health strike for the client's long text).
+        self.settings = loaded.settings.model_copy(update={"truncation": True})
         self.model = loaded.model
         self.device = torch.device(loaded.device)
         self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 512)

@@ -88,6 +88,19 @@ def test_long_text_is_truncated_to_max_length(handler):
     assert output["score"] == pytest.approx(float(truncated.max()), abs=1e-5)
 
 
+def test_a_checkpoint_trained_without_truncation_still_truncates_requests(tiny_checkpoint):
+    """Issue 12: `data.truncation: false` (over-long training rows were bad rows) was served untruncated,
+    so a long request overran the model's 128 positions: a RuntimeError in the forward, a 500 and a
+    health strike for the client's text. Served, it is cut at the training max_length."""
+    loaded = load_checkpoint(str(tiny_checkpoint("text-classification")))
+    loaded.settings = loaded.settings.model_copy(update={"truncation": False})
+    handler = build_handler(loaded)
+    long = " ".join(["great"] * 600)  # about 1,800 tokens
+    (output,) = handler.predict([long])
+    (expected,) = build_handler(load_checkpoint(str(tiny_checkpoint("text-classification")))).predict([long])
+    assert output == expected and output["label"]
+
+
 def test_a_one_logit_head_scores_with_a_sigmoid_as_transformers_does(tmp_path):
     """A reranker or binary scorer with one output: a softmax over one logit is always 1.0."""
     from tests.checkpoint_factory import make_checkpoint
