@@ -185,11 +185,22 @@ class ModelReplica:
         from rayformers.serving.openai import chat_prompt
 
         try:
-            return chat_prompt(self.loaded.tokenizer, messages)
+            prompt = chat_prompt(self.loaded.tokenizer, messages)
         except TemplateError as err:
             if type(err) is not TemplateError:  # a syntax or undefined-name error in the template
                 raise
             raise InputError("messages", f"the model's chat template refuses these messages: {err}") from None
+        # A prompt keeps its last max_length tokens; a chat cut so would lose its system message and
+        # first turns without a word, so it is refused instead, as OpenAI's context limit is.
+        tokens = len(self.loaded.tokenizer(prompt)["input_ids"])
+        limit = self.handler.settings.max_length
+        if tokens > limit:
+            raise InputError(
+                "messages",
+                f"the chat is {tokens} tokens in this model's template; it reads at most {limit}: drop or "
+                "shorten earlier messages",
+            )
+        return prompt
 
     def check_health(self) -> None:
         """Serve replaces a replica whose model keeps failing."""

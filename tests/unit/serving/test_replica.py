@@ -53,3 +53,23 @@ def test_a_replica_turns_rust_tokenizer_threads_off_however_it_was_deployed(tiny
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     ModelReplica(AppArgs(name="tok", checkpoint=checkpoint).model_dump())
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+
+
+def test_an_over_long_chat_is_refused_naming_messages_not_cut_from_the_front(tiny_checkpoint):
+    """Issue 12: a chat longer than the model reads lost its system message and first turns silently
+    (a prompt keeps its last max_length tokens)."""
+    import pytest
+
+    from rayformers.serving.args import AppArgs
+    from rayformers.serving.errors import InputError
+    from rayformers.serving.replica import ModelReplica
+
+    replica = ModelReplica(
+        AppArgs(name="gen", checkpoint=str(tiny_checkpoint("text-generation"))).model_dump()
+    )
+    short = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the film was"}]
+    assert replica.chat_prompt(short).endswith("assistant:")
+    long = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the film " * 400}]
+    with pytest.raises(InputError, match="drop or shorten") as caught:
+        replica.chat_prompt(long)
+    assert caught.value.field == "messages"
