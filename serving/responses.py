@@ -82,7 +82,11 @@ def error_response(
     openai: bool = False,
 ) -> JSONResponse:
     """`{"error": {"type", "message", "field", "request_id", ...}}`; on the OpenAI routes also the
-    `param` and `code` OpenAI clients read (`code` is the type)."""
+    `param` and `code` OpenAI clients read (`code` is the type), and an invalid request is a 400, as
+    OpenAI answers one (the `openai` client raises `BadRequestError` only for a 400; a 422 is its
+    `UnprocessableEntityError`)."""
+    if openai and status == 422:
+        status = 400
     rid = request_id()
     error: dict[str, Any] = {"type": type_, "message": message, "request_id": rid}
     if field is not None:

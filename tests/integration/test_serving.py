@@ -351,7 +351,7 @@ def test_openai_routes(server):
     assert close(
         vectors, post(server, "/embed/predict", {"inputs": ["a cat sat on the mat", "a dog"]}).json()
     )
-    wrong = _error(post(server, "/v1/completions", {"model": "sentiment", "prompt": "x"}), 422)
+    wrong = _error(post(server, "/v1/completions", {"model": "sentiment", "prompt": "x"}), 400)
     assert wrong["field"] == "model"
     assert (
         _error(post(server, "/v1/embeddings", {"model": "nope", "input": "x"}), 404)["type"]
@@ -421,10 +421,10 @@ def test_rerank_answers_as_predict_does_in_the_shape_rerank_clients_read(server)
     assert len(bare["results"]) == 3 and all(set(r) == {"index", "relevance_score"} for r in bare["results"])
     scores = [r["relevance_score"] for r in bare["results"]]
     assert scores == sorted(scores, reverse=True)
-    not_a_ranker = _error(post(server, "/v1/rerank", {"model": "gen", "query": "x", "documents": ["y"]}), 422)
+    not_a_ranker = _error(post(server, "/v1/rerank", {"model": "gen", "query": "x", "documents": ["y"]}), 400)
     assert not_a_ranker["field"] == "model" and "rank" in not_a_ranker["message"]
     assert _error(post(server, "/v1/rerank", {"model": "nope", "query": "x", "documents": ["y"]}), 404)
-    assert _error(post(server, "/v1/rerank", {"model": "rank", "query": "x", "documents": []}), 422)
+    assert _error(post(server, "/v1/rerank", {"model": "rank", "query": "x", "documents": []}), 400)
 
 
 def test_a_ranking_checkpoint_scores_over_http_as_the_transformers_pipeline_does(server, tiny_checkpoint):
