@@ -146,8 +146,9 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                     raise ApiError(422, "invalid_request", "prompt: stream takes one prompt", field="prompt")
                 prefix = prompts[0] if body.echo else ""
                 return self._stream(
-                    "text_completion", body.model, handle, prompts[0], params, adapter, prefix
-                )
+                    "text_completion", body.model, handle, prompts[0], params, adapter, prefix,
+                    include_usage=bool(body.stream_options and body.stream_options.include_usage),
+                )  # fmt: skip
             texts, finish, used = await self._complete(handle, prompts, params, adapter)
             if body.echo:
                 texts = [p + t for p, t in zip(prompts, texts, strict=True)]
@@ -158,13 +159,16 @@ def gateway_deployment(args: GatewayArgs) -> Any:
             target, adapter = resolve(body.model, "generate", "/v1/chat/completions")
             handle = self._handle(target.name)
             try:
-                prompt = await handle.chat_prompt.remote([m.model_dump() for m in body.messages])
+                prompt = await handle.chat_prompt.remote([m.for_template() for m in body.messages])
             except InputError as err:  # Ray's wrapper is an InputError too; its text is Ray's
                 cause = getattr(err, "cause", err)
                 raise ApiError(422, "invalid_request", str(cause), field=cause.field) from None
             params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens, chat=True)
             if body.stream:
-                return self._stream("chat.completion", body.model, handle, prompt, params, adapter, "")
+                return self._stream(
+                    "chat.completion", body.model, handle, prompt, params, adapter, "",
+                    include_usage=bool(body.stream_options and body.stream_options.include_usage),
+                )  # fmt: skip
             texts, finish, used = await self._complete(handle, [prompt], params, adapter)
             return oai.completion_response("chat.completion", body.model, texts, finish, *used)
 
@@ -234,7 +238,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
 
         def _stream(
             self, kind: Any, model: str, handle: Any, prompt: str, params: dict[str, Any], adapter: str | None,
-            prefix: str,
+            prefix: str, include_usage: bool = False,
         ) -> StreamingResponse:  # fmt: skip
             rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             chunks = handle.options(stream=True, multiplexed_model_id=adapter or "").stream.remote(
@@ -245,15 +249,18 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 def event(payload: dict[str, Any]) -> str:
                     return f"data: {json.dumps(payload)}\n\n"
 
-                finish = "stop"
+                finish, usage = "stop", None
                 try:
                     yield event(oai.stream_chunk(kind, rid, created, model, prefix or None, role=True))
                     async for item in chunks:
                         if "delta" in item:
                             yield event(oai.stream_chunk(kind, rid, created, model, item["delta"]))
                         elif item.get("usage"):
-                            finish = item["usage"]["finish_reason"]
+                            usage = item["usage"]
+                            finish = usage["finish_reason"]
                     yield event(oai.stream_chunk(kind, rid, created, model, None, finish))
+                    if include_usage and usage is not None:
+                        yield event(oai.usage_chunk(kind, rid, created, model, usage))
                 except Exception as err:  # the stream has begun: the error goes in the stream
                     yield event(stream_error(err))
                 yield "data: [DONE]\n\n"

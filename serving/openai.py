@@ -38,6 +38,14 @@ class _OpenAIRequest(BaseModel):
     user: str | None = Field(default=None, description="Accepted and ignored.")
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = Field(
+        default=False, description="Send a last chunk with the stream's token usage (and no choices)."
+    )
+
+
 class _Sampling(_OpenAIRequest):
     max_tokens: int | None = Field(
         default=None, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate."
@@ -46,13 +54,18 @@ class _Sampling(_OpenAIRequest):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: Literal[1] = Field(default=1, description="Only one choice per prompt is produced.")
     stream: bool = Field(default=False, description="Stream deltas as server-sent events.")
+    stream_options: StreamOptions | None = Field(
+        default=None, description="With `stream`: what else to send."
+    )
     stop: str | list[str] | None = Field(
         default=None, description="Stop sequences (not included in the text)."
     )
     seed: int | None = None
     presence_penalty: Literal[0, 0.0] = 0.0
     frequency_penalty: Literal[0, 0.0] = 0.0
-    logprobs: None = None
+    logprobs: Literal[False, 0] | None = Field(
+        default=None, description="Log-probabilities are not returned: only false, 0 or null."
+    )
 
 
 class CompletionRequest(_Sampling):
@@ -60,11 +73,29 @@ class CompletionRequest(_Sampling):
     echo: bool = Field(default=False, description="Prefix each choice's text with its prompt.")
 
 
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts (images and audio have no model here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(
+        description="`developer` is read as `system` (OpenAI's newer name for it)."
+    )
+    content: str | list[TextPart] = Field(description="A text, or text parts (joined).")
+    name: str | None = Field(default=None, description="Accepted and ignored.")
+    tool_call_id: str | None = Field(default=None, description="With role `tool`: accepted and ignored.")
+
+    def for_template(self) -> dict[str, str]:
+        """The message as chat templates read it: a role they know and one text."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
 class ChatCompletionRequest(_Sampling):
@@ -186,6 +217,23 @@ def stream_chunk(
         choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
         obj = "chat.completion.chunk"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+
+
+def usage_chunk(
+    kind: Literal["text_completion", "chat.completion"],
+    rid: str,
+    created: int,
+    model: str,
+    usage: dict[str, Any],
+) -> dict[str, Any]:
+    """The last chunk of a stream asked for `stream_options.include_usage`: no choices, the usage."""
+    obj = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
+    counts = {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+    }
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": counts}
 
 
 def rerank_response(

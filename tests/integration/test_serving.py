@@ -435,3 +435,61 @@ def test_a_ranking_checkpoint_scores_over_http_as_the_transformers_pipeline_does
     body = {"inputs": {"query": RANK_QUERY, "texts": RANK_TEXTS}}
     ours = {a["index"]: a["score"] for a in post(server, "/rank/predict", body).json()}
     assert close([ours[i] for i in range(len(RANK_TEXTS))], [t["score"] for t in theirs])
+
+
+def test_the_official_openai_client_reads_every_route_and_raises_its_own_error_classes(server):
+    """Issue 12, with the `openai` package users call us with (not hand-made JSON): completions and
+    chat, whole and streamed (with `stream_options.include_usage`), `n`, `stop`, `logprobs: false`,
+    content-part arrays, `name` and the `developer` role; embeddings as floats and as base64 (the
+    client's own default); models; and the error classes it raises for 400, 404 and 413."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+    expected = in_process_generation(server, "the film", 5)
+    whole = client.completions.create(model="gen", prompt="the film", max_tokens=5, temperature=0, n=1)
+    assert whole.choices[0].text == expected and 0 < whole.usage.completion_tokens <= 5
+    chunks = list(
+        client.completions.create(
+            model="gen", prompt="the film", max_tokens=5, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == whole.usage.completion_tokens
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "the film "}, {"type": "text", "text": "was"}],
+         "name": "ana"},
+    ]  # fmt: skip
+    chat = client.chat.completions.create(
+        model="gen", messages=messages, max_tokens=4, temperature=0, stop=["\n\n"], logprobs=False
+    )
+    answer = chat.choices[0].message
+    assert answer.role == "assistant" and chat.usage.completion_tokens <= 4
+    streamed = list(
+        client.chat.completions.create(
+            model="gen", messages=messages, max_tokens=4, temperature=0, stop=["\n\n"], stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.content
+    assert streamed[-1].usage.completion_tokens == chat.usage.completion_tokens
+    texts = ["a cat sat on the mat", "a dog"]
+    direct = post(server, "/embed/predict", {"inputs": texts}).json()
+    as_base64 = client.embeddings.create(model="embed", input=texts)  # the client asks for base64, decodes it
+    as_floats = client.embeddings.create(model="embed", input=texts, encoding_format="float")
+    assert close([d.embedding for d in as_base64.data], direct)
+    assert close([d.embedding for d in as_floats.data], direct)
+    assert {"gen", "embed"} <= {m.id for m in client.models.list()}
+    with pytest.raises(openai.BadRequestError) as bad:  # a classifier cannot complete text
+        client.completions.create(model="sentiment", prompt="x", max_tokens=2)
+    assert bad.value.status_code == 400 and bad.value.param == "model"
+    with pytest.raises(openai.BadRequestError):  # over the route's cap, refused by the route
+        client.completions.create(model="gen", prompt="x", max_tokens=100_000)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
+    with pytest.raises(openai.APIStatusError) as too_many:
+        client.embeddings.create(model="embed", input=["x"] * 65)
+    assert too_many.value.status_code == 413 and too_many.value.param == "input"

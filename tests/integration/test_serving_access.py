@@ -206,3 +206,16 @@ def test_a_request_over_the_deadline_is_a_json_504_and_the_app_keeps_answering(s
     quick = requests.post(f"{server}/gen/predict", json={"inputs": "the", "parameters": {"max_new_tokens": 2}},
                           headers=auth(), timeout=60)  # fmt: skip
     assert quick.status_code == 200, quick.text
+
+
+def test_the_openai_client_without_the_key_gets_its_authentication_error(server):
+    """Issue 12: the OpenAI routes answer 401 in the shape the `openai` client turns into
+    AuthenticationError; with the key, the same call succeeds."""
+    import openai
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{server}/v1", api_key=key, max_retries=0, timeout=60)
+
+    with pytest.raises(openai.AuthenticationError):
+        client("not-" + CONFIG_KEY).models.list()
+    assert "gen" in {m.id for m in client(ENV_KEY).models.list()}
