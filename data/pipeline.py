@@ -275,7 +275,14 @@ def build_tokenized(
     `tokenizer`: the one `tokenizer_source` names, if the caller loaded it already (the CLI loads it
     while Ray starts)."""
     if data.tokenized is not None:
-        return read_tokenized(data, task_name, tokenizer_source)
+        return read_tokenized(
+            data,
+            task_name,
+            tokenizer_source,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            tokenizer=tokenizer,
+        )
     task = get_task(task_name)
     # Surface a row's DataError itself (with its fix), not Ray's generic "UDF failed" wrapper.
     ray.data.DataContext.get_current().raise_original_map_exception = True

@@ -4,6 +4,7 @@ when their manifest matches the config (same task, tokenizer, lengths and labels
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -17,6 +18,9 @@ from rayformers.data.storage import Location
 from rayformers.data.tokenized import TokenizedData
 from rayformers.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rayformers.manifest import DataManifest, PreprocessSettings, SplitStats, package_versions
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["MANIFEST", "check_empty", "columns_of", "read_manifest", "read_tokenized", "write_tokenized"]
 
@@ -102,8 +106,17 @@ def _summarize_shards(shards: Location, settings: PreprocessSettings) -> SplitSu
     return summary
 
 
-def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> TokenizedData:
-    """The shards in `data.tokenized`, after checking they were made the way this config asks."""
+def read_tokenized(
+    data: DataConfig,
+    task: str,
+    tokenizer_source: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> TokenizedData:
+    """The shards in `data.tokenized`, after checking they were made the way this config asks, with the
+    tokenizer `tokenizer_source` names at `revision` (or `tokenizer`, if the caller loaded it already)."""
     assert data.tokenized is not None
     directory = Location.parse(data.tokenized)
     try:
@@ -125,7 +138,11 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
         for key in PreprocessSettings.model_fields
         if getattr(recorded, key) != getattr(wanted, key)
     ]
-    if tokenizer_fingerprint(load_tokenizer(tokenizer_source, task)) != manifest.tokenizer_hash:
+    if tokenizer is None:
+        tokenizer = load_tokenizer(
+            tokenizer_source, task, revision=revision, trust_remote_code=trust_remote_code
+        )
+    if tokenizer_fingerprint(tokenizer) != manifest.tokenizer_hash:
         differences.append(f"tokenizer: shards were made with {manifest.tokenizer!r}, a different tokenizer")
     if differences:
         raise DataError(
@@ -140,4 +157,5 @@ def read_tokenized(data: DataConfig, task: str, tokenizer_source: str) -> Tokeni
         ),
         settings=recorded,
         tokenizer_source=tokenizer_source,
+        tokenizer=tokenizer,
     )

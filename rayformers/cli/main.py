@@ -69,7 +69,7 @@ def _tokenized(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
                     model.tokenizer_source,
                     revision=model.tokenizer_revision,
                     trust_remote_code=model.trust_remote_code,
-                    tokenizer=tokenizer.result() if cfg.data.tokenized is None else None,
+                    tokenizer=tokenizer.result(),
                 ),
             )
 

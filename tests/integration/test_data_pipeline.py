@@ -226,6 +226,33 @@ def test_tokenize_writes_shards_that_later_runs_reuse(tmp_path, wordpiece_dir, w
         build_tokenized(reuse, "text-classification", str(wordlevel_dir))
 
 
+def test_reused_shards_check_the_tokenizer_at_the_configured_revision(tmp_path, wordpiece_dir, monkeypatch):
+    """A tokenizer pinned to a revision (or with remote code) is checked as pinned, and one the caller
+    loaded already is used, not loaded again."""
+    from rayformers.data import shards
+    from rayformers.data.shards import write_tokenized
+    from rayformers.data.tokenizer import load_tokenizer
+
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": f"the cat {i}", "label": "ab"[i % 2]} for i in range(8)]
+    )
+    cfg = data_config(train, max_length=16)
+    write_tokenized(build_tokenized(cfg, "text-classification", str(wordpiece_dir)), cfg, tmp_path / "out")
+    reuse = cfg.model_copy(update={"tokenized": str(tmp_path / "out")})
+    calls = []
+
+    def recording(source, task, **kwargs):
+        calls.append(kwargs)
+        return load_tokenizer(source, task)
+
+    monkeypatch.setattr(shards, "load_tokenizer", recording)
+    build_tokenized(reuse, "text-classification", str(wordpiece_dir), revision="v1", trust_remote_code=True)
+    assert calls == [{"revision": "v1", "trust_remote_code": True}]
+    loaded = load_tokenizer(str(wordpiece_dir), "text-classification")
+    again = build_tokenized(reuse, "text-classification", str(wordpiece_dir), tokenizer=loaded)
+    assert len(calls) == 1 and again.tokenizer is loaded
+
+
 def test_a_label_sorted_source_is_written_globally_shuffled(tmp_path, wordpiece_dir):
     import pyarrow.parquet as pq
 
