@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +72,13 @@ def connect(cluster: ClusterConfig) -> RaySession:
         return RaySession(owned=False, address=None)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs: dict[str, Any] = {"log_to_driver": True}
+    spawned: dict[str, str | None] = {}
+    """What the processes `ray.init` starts inherit, and this process keeps only while it starts them."""
     if cluster.address is None and not cluster.working_dir and not cluster.pip:
-        # An embedded Ray's workers inherit this process's environment: the variables go there, not in a
+        # An embedded Ray's workers inherit its raylet's environment: the variables go there, not in a
         # runtime env, whose workers Ray cannot take from its pre-started pool (each start then costs
         # about a second more: measured 1.2 s against 0.3 s for a first task).
-        os.environ.update(_env_vars(cluster))
+        spawned.update(_env_vars(cluster))
     elif "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         # Inside a submitted job the job's runtime env already applies (`rayformers submit` ships the
         # same settings); Ray refuses a driver that names its own on top.
@@ -85,8 +89,29 @@ def connect(cluster: ClusterConfig) -> RaySession:
         kwargs.update(
             address="local", num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, include_dashboard=False
         )
-        os.environ.pop("RAY_ADDRESS", None)
+        spawned["RAY_ADDRESS"] = None
     else:
         kwargs["address"] = cluster.address
-    ray.init(**kwargs)
+    with _environment(spawned):
+        ray.init(**kwargs)
     return RaySession(owned=True, address=cluster.address)
+
+
+@contextmanager
+def _environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """This process's environment with `changes` (None: unset), restored on the way out, so that a
+    notebook or a program that embeds Ray keeps its own variables."""
+    before = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
