@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -153,11 +154,21 @@ def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     if getattr(tokenizer, "chat_template", None):
         text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         bos = tokenizer.bos_token
-        if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        if bos and text.startswith(bos) and _encodes_bos(tokenizer):
             text = text[len(bos) :]
         return text
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"])
+
+
+_ENCODES_BOS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _encodes_bos(tokenizer: Any) -> bool:
+    """Whether encoding a text adds the BOS token: asked once per tokenizer, not once per chat."""
+    if tokenizer not in _ENCODES_BOS:
+        _ENCODES_BOS[tokenizer] = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return _ENCODES_BOS[tokenizer]
 
 
 def _ids(prefix: str) -> tuple[str, int]:
