@@ -6,6 +6,7 @@ pipeline does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from string import Formatter
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -50,8 +51,19 @@ class ZeroShotParameters(ParametersModel):
     @field_validator("hypothesis_template")
     @classmethod
     def _has_slot(cls, value: str) -> str:
-        if "{}" not in value:
-            raise ValueError(f"{value!r} has no {{}} for the label; e.g. 'This example is {{}}.'")
+        # Exactly one bare `{}`: a template is formatted once per label, so a field name would raise
+        # (or read attributes: "{0.__class__}") and a format spec ("{:>99999999}") would allocate at will.
+        try:
+            fields = [
+                (name, spec, conv) for _, name, spec, conv in Formatter().parse(value) if name is not None
+            ]
+        except ValueError as err:
+            raise ValueError(f"{value!r} is not a template ({err}); write braces as {{{{ and }}}}") from None
+        if fields != [("", "", None)]:
+            raise ValueError(
+                f"{value!r} must hold exactly one bare {{}} for the label (no names, formats or other "
+                "fields; braces as {{ and }}); e.g. 'This example is {}.'"
+            )
         return value
 
 
