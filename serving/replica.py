@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -338,42 +338,43 @@ class ModelReplica:
 
 
 def client_mistake(inputs: list[Any], parameters: Any) -> InputError | None:
-    """What makes a request the client's mistake before any model sees it: an empty text input (the
-    contract's 422; a model given nothing to read fails or answers noise) and text that is not
-    Unicode (a lone surrogate such as `"\\ud800"` parses as JSON but no tokenizer can encode it)."""
-    for i, item in enumerate(inputs):
-        if isinstance(item, str) and not item.strip():
-            return InputError(f"inputs[{i}]", "an empty text; send some text to read")
-        where = _not_unicode(item, f"inputs[{i}]")
-        if where is not None:
+    """What makes a request the client's mistake before any model sees it: an empty text anywhere in
+    its inputs (the contract's 422; a model given nothing to read fails or answers noise), and text
+    that is not Unicode anywhere in it (a lone surrogate such as `"\\ud800"` parses as JSON but no
+    tokenizer can encode it)."""
+    for where, text in _strings(inputs, "inputs"):
+        if not text.strip():
+            return InputError(where, "an empty text; send some text to read")
+        if not _is_unicode(text):
             return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
-    where = _not_unicode(parameters, "parameters")
-    if where is not None:
-        return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
+    for where, text in _strings(parameters, "parameters"):
+        if not _is_unicode(text):
+            return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
     return None
 
 
-def _not_unicode(value: Any, where: str) -> str | None:
-    """The dotted path of the first string under `value` that UTF-8 cannot encode, else None."""
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string under `value` (dict keys included) with its dotted path: `inputs[0].texts[1]`."""
     if isinstance(value, BaseModel):
         value = value.model_dump()
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return where
-        return None
-    if isinstance(value, dict):
+        yield where, value
+    elif isinstance(value, dict):
         for key, item in value.items():
-            found = _not_unicode(key, where) or _not_unicode(item, f"{where}.{key}")
-            if found is not None:
-                return found
+            if isinstance(key, str) and not _is_unicode(key):
+                yield where, key
+            yield from _strings(item, f"{where}.{key}")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            found = _not_unicode(item, f"{where}[{i}]")
-            if found is not None:
-                return found
-    return None
+            yield from _strings(item, f"{where}[{i}]")
 
 
 def is_storage_path(value: Any) -> bool:

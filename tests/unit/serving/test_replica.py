@@ -21,6 +21,11 @@ def test_empty_texts_and_lone_surrogates_are_the_clients_mistake_naming_the_fiel
     assert pair is not None and pair.field == "inputs[0].text_pair"
     parameter = client_mistake(["x"], {"candidate_labels": ["a", "\ud800"]})
     assert parameter is not None and parameter.field == "parameters.candidate_labels[1]"
+    # Empty texts inside structured inputs too: a document to rank, a QA context, a sentence pair's second.
+    document = client_mistake([{"query": "q", "texts": ["ok", " "]}], {})
+    assert document is not None and document.field == "inputs[0].texts[1]" and "empty" in document.message
+    assert client_mistake([{"question": "q", "context": ""}], {}).field == "inputs[0].context"
+    assert client_mistake([TextPair(text="a", text_pair="")], {}).field == "inputs[0].text_pair"
     assert client_mistake(["a text", {"question": "q", "context": "c"}], {"top_k": 2}) is None
 
 
