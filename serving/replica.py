@@ -184,6 +184,9 @@ class ModelReplica:
 
         from rayformers.serving.openai import chat_prompt
 
+        for where, text in _strings(messages, "messages"):
+            if not _is_unicode(text):
+                raise InputError(where, _NOT_UNICODE)
         try:
             prompt = chat_prompt(self.loaded.tokenizer, messages)
         except TemplateError as err:
@@ -337,6 +340,9 @@ class ModelReplica:
             sink.cancelled.set()  # the client left: its row stops at the next token, the batch goes on
 
 
+_NOT_UNICODE = "not valid Unicode text (a lone surrogate escape such as \\ud800)"
+
+
 def client_mistake(inputs: list[Any], parameters: Any) -> InputError | None:
     """What makes a request the client's mistake before any model sees it: an empty text anywhere in
     its inputs (the contract's 422; a model given nothing to read fails or answers noise), and text
@@ -346,10 +352,10 @@ def client_mistake(inputs: list[Any], parameters: Any) -> InputError | None:
         if not text.strip():
             return InputError(where, "an empty text; send some text to read")
         if not _is_unicode(text):
-            return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
+            return InputError(where, _NOT_UNICODE)
     for where, text in _strings(parameters, "parameters"):
         if not _is_unicode(text):
-            return InputError(where, "not valid Unicode text (a lone surrogate escape such as \\ud800)")
+            return InputError(where, _NOT_UNICODE)
     return None
 
 

@@ -78,3 +78,7 @@ def test_an_over_long_chat_is_refused_naming_messages_not_cut_from_the_front(tin
     with pytest.raises(InputError, match="drop or shorten") as caught:
         replica.chat_prompt(long)
     assert caught.value.field == "messages"
+    # A lone surrogate in a message is the client's mistake naming it (it was a 500 from the tokenizer).
+    with pytest.raises(InputError, match="Unicode") as caught:
+        replica.chat_prompt([{"role": "user", "content": "fine"}, {"role": "user", "content": "m\ud800"}])
+    assert caught.value.field == "messages[1].content"
