@@ -48,6 +48,14 @@ class ZeroShotParameters(ParametersModel):
             return [label.strip() for label in value.split(",") if label.strip()]
         return value
 
+    @field_validator("candidate_labels")
+    @classmethod
+    def _named(cls, value: list[str]) -> list[str]:
+        blank = [i for i, label in enumerate(value) if not label.strip()]
+        if blank:
+            raise ValueError(f"label {blank[0]} is empty; every candidate label needs a name to score")
+        return value
+
     @field_validator("hypothesis_template")
     @classmethod
     def _has_slot(cls, value: str) -> str:
