@@ -26,7 +26,7 @@ from rayformers.serving import openai as oai
 from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import GatewayApp, GatewayArgs
 from rayformers.serving.errors import InputError, OverloadedError
-from rayformers.serving.ingress import RETRY_AFTER_S, call_model
+from rayformers.serving.ingress import RETRY_AFTER_S, call_model, reply_error
 from rayformers.serving.replica import ModelFailure
 from rayformers.serving.responses import ApiError, check_input_count, install, request_id
 from rayformers.tasks import get_task
@@ -158,11 +158,10 @@ def gateway_deployment(args: GatewayArgs) -> Any:
         async def chat(self, body: oai.ChatCompletionRequest) -> Any:
             target, adapter = resolve(body.model, "generate", "/v1/chat/completions")
             handle = self._handle(target.name)
-            try:
-                prompt = await handle.chat_prompt.remote([m.for_template() for m in body.messages])
-            except InputError as err:  # Ray's wrapper is an InputError too; its text is Ray's
-                cause = getattr(err, "cause", err)
-                raise ApiError(422, "invalid_request", str(cause), field=cause.field) from None
+            templated = await handle.chat_prompt.remote([m.for_template() for m in body.messages])
+            if templated.error is not None:
+                raise reply_error(templated)
+            prompt = templated.outputs[0]
             params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens, chat=True)
             if body.stream:
                 return self._stream(

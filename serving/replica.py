@@ -176,10 +176,18 @@ class ModelReplica:
         tokenizer = self.loaded.tokenizer
         return [len(tokenizer(t)["input_ids"]) for t in texts]
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """Chat messages as this model's prompt (its chat template, if it has one). A template that
-        refuses the messages (`raise_exception`, as many do for roles out of order) is the client's
-        InputError; a template that is itself broken stays a server failure."""
+    def chat_prompt(self, messages: list[dict[str, str]]) -> Reply:
+        """Chat messages as this model's prompt (its chat template, if it has one): a reply whose one
+        output is the prompt. What the client got wrong (text that is not Unicode, messages the
+        template refuses with `raise_exception`, as many do for roles out of order, a chat longer than
+        the model reads) is the reply's input error, as `answer`'s are; a template that is itself
+        broken stays a server failure."""
+        try:
+            return Reply(outputs=[self._chat_prompt(messages)])
+        except InputError as err:
+            return Reply(error=ReplyError(kind="input", message=str(err), field=err.field))
+
+    def _chat_prompt(self, messages: list[dict[str, str]]) -> str:
         from jinja2.exceptions import TemplateError
 
         from rayformers.serving.openai import chat_prompt

@@ -493,3 +493,221 @@ def test_the_official_openai_client_reads_every_route_and_raises_its_own_error_c
     with pytest.raises(openai.APIStatusError) as too_many:
         client.embeddings.create(model="embed", input=["x"] * 65)
     assert too_many.value.status_code == 413 and too_many.value.param == "input"
+
+
+# Issue 12: hostile input at scale. Each route gets HOSTILE_EXAMPLES generated bad requests, made by
+# breaking one thing in a valid request, so that every one of them must be refused with a JSON 4xx.
+HOSTILE_EXAMPLES = 500
+HOSTILE_ROUTES = {
+    **{
+        f"/{app}/predict": {"inputs": inputs, "parameters": params}
+        for app, inputs, params in EXAMPLES.values()
+    },
+    "/lora/predict": {"inputs": ["a great film"], "parameters": {}},
+    "/v1/completions": {"model": "gen", "prompt": "the film", "max_tokens": 4},
+    "/v1/chat/completions": {
+        "model": "gen",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+    },
+    "/v1/embeddings": {"model": "embed", "input": ["a cat"]},
+    "/v1/rerank": {"model": "rank", "query": "who", "documents": ["a", "b"]},
+}
+_HOSTILE_COUNTS: dict[str, dict[int, int]] = {}
+
+
+def _leaves(value: object, path: tuple = ()) -> list[tuple]:
+    """Paths to every value inside a JSON document (the document itself excluded)."""
+    found = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for key, inner in items:
+        found.append((*path, key))
+        found.extend(_leaves(inner, (*path, key)))
+    return found
+
+
+def _replace(document: object, path: tuple, new: object) -> object:
+    copied = json.loads(json.dumps(document))
+    target = copied
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return copied
+
+
+def _hostile_requests(valid: dict):
+    """(body bytes, extra headers) for requests that break `valid` in one place."""
+    from hypothesis import strategies as st
+
+    paths = _leaves(valid)
+    strings = [p for p in paths if isinstance(_get(valid, p), str)]
+    numbers = [p for p in paths if type(_get(valid, p)) in (int, float)]
+    containers = [()] + [p for p in paths if isinstance(_get(valid, p), dict)]
+    name = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+
+    def encoded(body: object) -> bytes:
+        return json.dumps(body, allow_nan=True).encode()
+
+    unknown_field = st.builds(
+        lambda where, key, value: encoded(_put(valid, where, "zz_" + key, value)),
+        st.sampled_from(containers),
+        name,
+        st.integers(),
+    )
+    # A value of a shape no field takes: an object of unknown keys, or a list of them.
+    wrong_shape = st.builds(
+        lambda where, key, as_list: encoded(
+            _replace(valid, where, [{"zz_" + key: 1}] if as_list else {"zz_" + key: 1})
+        ),
+        st.sampled_from(paths),
+        name,
+        st.booleans(),
+    )
+    surrogate = st.builds(
+        lambda where, text: encoded(_replace(valid, where, text + "\ud800")),
+        st.sampled_from(strings),
+        st.text(max_size=8),
+    )
+    bad_number = st.builds(
+        lambda where, value: encoded(_replace(valid, where, value)),
+        st.sampled_from(numbers or paths),
+        st.sampled_from([float("nan"), float("inf"), float("-inf"), -1, -(10**30), 0.5]),
+    )
+    # Raw bytes that are not UTF-8 (or not JSON) where a string was.
+    invalid_bytes = st.builds(
+        lambda where, junk: encoded(_replace(valid, where, "@@")).replace(b'"@@"', b'"' + junk + b'"'),
+        st.sampled_from(strings),
+        st.sampled_from([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\x80abc", b"\\ud800", b"\x00"]),
+    )
+    deep = st.builds(
+        lambda where, depth: encoded(_replace(valid, where, "@@")).replace(
+            b'"@@"', b"[" * depth + b"]" * depth
+        ),
+        st.sampled_from(paths),
+        st.integers(min_value=50, max_value=9_000),
+    )
+    emptied = st.builds(
+        lambda where, empty: encoded(_replace(valid, where, empty)),
+        # A list (or, where a request has none, its text) emptied, or a list of an empty text.
+        st.sampled_from([p for p in paths if isinstance(_get(valid, p), list)] or strings),
+        st.sampled_from([[], [""], [[]], [" "]]),
+    )
+    enormous = st.builds(
+        lambda count: (
+            encoded({**valid, **({"inputs": ["a"] * count} if "inputs" in valid else {})})
+            if "inputs" in valid
+            else encoded(_replace(valid, _first_list(valid), ["a"] * count))
+        ),
+        st.integers(min_value=5_000, max_value=200_000),
+    )
+    not_an_object = st.sampled_from([b"[]", b"null", b"42", b'"inputs"', b"", b"{", b"{}", b'{"inputs": }'])
+    templates = st.builds(
+        lambda template: (
+            encoded(_put(valid, ("parameters",), "hypothesis_template", template))
+            if "parameters" in valid
+            else encoded(_put(valid, (), "zz_template", template))
+        ),
+        st.sampled_from(["{} {x}", "{0.__class__}", "{", "}", "{}{}", "no slot", "{!r}", "{:>99999999}"]),
+    )
+    body = st.one_of(
+        unknown_field,
+        wrong_shape,
+        surrogate,
+        bad_number,
+        invalid_bytes,
+        deep,
+        emptied,
+        enormous,
+        not_an_object,
+        templates,
+    )
+    adapter = st.sampled_from(
+        ["../../etc/passwd", "one/../two", "/tmp/one", "s3://bucket/one", "%2e%2e%2fone", "one\\two", "nope"]
+    )
+    plain = st.builds(lambda b: (b, {}), body)
+    # An unknown or path-like adapter, on an otherwise valid request.
+    adapted = st.builds(lambda a: (encoded(valid), {"serve_multiplexed_model_id": a}), adapter)
+    return st.one_of(plain, adapted) if "inputs" in valid else plain
+
+
+def _get(document: object, path: tuple) -> object:
+    for key in path:
+        document = document[key]  # type: ignore[index]
+    return document
+
+
+def _put(document: object, where: tuple, key: str, value: object) -> object:
+    copied = json.loads(json.dumps(document))
+    _get(copied, where)[key] = value  # type: ignore[index]
+    return copied
+
+
+def _first_list(document: dict) -> tuple:
+    """The first list in `document`, else its first text (which a list of texts then replaces)."""
+    paths = _leaves(document)
+    return next((p for p in paths if isinstance(_get(document, p), list)), None) or next(
+        p for p in paths if isinstance(_get(document, p), str) and p[0] != "model"
+    )
+
+
+def _replica_actors() -> set[str]:
+    import ray
+
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::")
+    }
+
+
+@pytest.fixture(scope="module")
+def replicas_before_hostile(server):
+    return _replica_actors()
+
+
+@pytest.mark.parametrize("route", sorted(HOSTILE_ROUTES))
+def test_hostile_requests_get_a_json_4xx_and_never_a_5xx(server, route, replicas_before_hostile):
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    valid = HOSTILE_ROUTES[route]
+    counts = _HOSTILE_COUNTS.setdefault(route, {})
+    session = requests.Session()
+    wrong: list[str] = []
+
+    @settings(
+        max_examples=HOSTILE_EXAMPLES,
+        deadline=None,
+        phases=[Phase.generate],
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(_hostile_requests(valid))
+    def check(request: tuple[bytes, dict]) -> None:
+        body, headers = request
+        response = session.post(
+            f"{server}{route}",
+            data=body,
+            headers={"content-type": "application/json", **headers},
+            timeout=60,
+        )
+        counts[response.status_code] = counts.get(response.status_code, 0) + 1
+        ok = 400 <= response.status_code < 500 and response.headers.get("content-type", "").startswith(
+            "application/json"
+        )
+        if ok:
+            try:
+                ok = "error" in response.json()
+            except ValueError:
+                ok = False
+        if not ok and len(wrong) < 5:
+            wrong.append(f"{response.status_code} {response.text[:200]!r} for {body[:200]!r} {headers}")
+
+    check()
+    print(f"hostile {route}: {sum(counts.values())} requests, statuses {dict(sorted(counts.items()))}")
+    assert not wrong, wrong
+    assert sum(counts.values()) >= HOSTILE_EXAMPLES
+    assert all(400 <= status < 500 for status in counts)
+    # A valid request still gets its answer, from the replica that took all of the above.
+    assert post(server, route, valid).status_code == 200
+    assert _replica_actors() == replicas_before_hostile
