@@ -3,6 +3,7 @@ OpenAI routes, dynamic batching, LoRA multiplexing, autoscaling, and every error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -711,3 +712,69 @@ def test_hostile_requests_get_a_json_4xx_and_never_a_5xx(server, route, replicas
     # A valid request still gets its answer, from the replica that took all of the above.
     assert post(server, route, valid).status_code == 200
     assert _replica_actors() == replicas_before_hostile
+
+
+SOAK_S = 60
+SOAK_CONCURRENCY = 64
+
+
+def _replica_rss(app: str) -> int:
+    """Resident bytes of the app's replica processes."""
+    import psutil
+
+    total = 0
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith(f"ray::ServeReplica:{app}:Model"):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+    return total
+
+
+def test_a_60_s_soak_at_concurrency_64_answers_everything_and_the_replica_does_not_grow(server):
+    """Issue 12: a minute of 64 closed-loop clients on an app with default settings: every request is
+    answered (200, or the configured 503 when the replica is full), and the replica's memory over the
+    last ten seconds is within 10% of the first ten."""
+    from benchmarks.load import run_load
+    from benchmarks.models import texts
+
+    pool = texts(512, seed=3)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+    assert _replica_rss("embed") > 0
+
+    def sample() -> None:
+        start = time.monotonic()
+        while not done.is_set():
+            samples.append((time.monotonic() - start, _replica_rss("embed")))
+            done.wait(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_load(
+            f"{server}/embed/predict",
+            lambda i: {"inputs": pool[i % len(pool)]},
+            SOAK_CONCURRENCY,
+            duration_s=SOAK_S,
+            max_requests=1_000_000,
+            timeout_s=60,
+        )
+    finally:
+        done.set()
+        sampler.join(timeout=10)
+    summary = result.summary()
+    first = [rss for t, rss in samples if t < 10]
+    last = [rss for t, rss in samples if t >= samples[-1][0] - 10]
+    growth = sum(last) / len(last) / (sum(first) / len(first)) - 1
+    print(
+        f"soak: {summary['requests']} requests in {result.duration_s:.0f} s at c={SOAK_CONCURRENCY}, "
+        f"statuses {summary['statuses']}, errors {summary['errors']}, p50 {summary['p50_s'] * 1000:.0f} ms, "
+        f"p99 {summary['p99_s'] * 1000:.0f} ms, replica memory {sum(first) / len(first) / 2**20:.0f} -> "
+        f"{sum(last) / len(last) / 2**20:.0f} MiB ({growth:+.1%})"
+    )
+    assert result.duration_s >= SOAK_S - 1 and samples[-1][0] >= SOAK_S - 2
+    assert not result.errors, result.errors  # no resets, no client timeouts
+    assert set(result.statuses) <= {200, 503}, result.statuses
+    assert result.ok >= SOAK_S  # it kept answering, not only refusing
+    assert growth < 0.10
