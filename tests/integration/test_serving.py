@@ -114,6 +114,13 @@ def server(tiny_checkpoint, tmp_path_factory):
         ServeAppConfig(
             name="broken", checkpoint=str(_broken_checkpoint(tiny_checkpoint, tmp_path_factory)), **small
         ),
+        # Two replicas, always: one is killed under load.
+        ServeAppConfig(
+            name="pair",
+            checkpoint=str(tiny_checkpoint("text-classification")),
+            autoscaling={"min_replicas": 2, "max_replicas": 2},
+            **small,
+        ),
     ]
     serve_cfg = ServeConfig(port=_free_port(), max_body_bytes=20_000)
     served = deploy(serve_cfg, checked(serve_cfg, apps), ClusterConfig(), progress=lambda _: None)
@@ -778,3 +785,70 @@ def test_a_60_s_soak_at_concurrency_64_answers_everything_and_the_replica_does_n
     assert set(result.statuses) <= {200, 503}, result.statuses
     assert result.ok >= SOAK_S  # it kept answering, not only refusing
     assert growth < 0.10
+
+
+def test_killing_one_of_two_replicas_under_load_loses_only_its_requests_in_flight(server):
+    """Issue 12: kill one replica of a 2-replica app under steady load. Serve replaces it; only the
+    requests in flight on it may fail (counted), every request after the replacement succeeds, and no
+    client hangs."""
+    import ray
+
+    clients, timeout_s = 8, 30.0
+    counts = {"sent": 0, "failed": 0, "failed_after": 0, "ok_after": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop, recovered = threading.Event(), threading.Event()
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            after = recovered.is_set()
+            try:
+                response = session.post(
+                    f"{server}/pair/predict", json={"inputs": "a great film"}, timeout=timeout_s
+                )
+                ok, what = response.status_code == 200, f"{response.status_code} {response.text[:120]}"
+            except requests.RequestException as err:
+                ok, what = False, type(err).__name__
+            with lock:
+                counts["sent"] += 1
+                if not ok:
+                    counts["failed_after" if after else "failed"] += 1
+                    failures.append(what)
+                elif after:
+                    counts["ok_after"] += 1
+
+    before = {n for n in _replica_actors() if n.startswith("SERVE_REPLICA::pair#")}
+    assert len(before) == 2
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(3)
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+        deadline = killed_at + 120
+        while time.monotonic() < deadline:
+            now = {n for n in _replica_actors() if n.startswith("SERVE_REPLICA::pair#")}
+            if victim not in now and len(now) == 2 and _replicas("pair") == 2:
+                break
+            time.sleep(0.5)
+        replaced_after = time.monotonic() - killed_at
+        assert victim not in now and len(now) == 2, now
+        time.sleep(2)  # the proxy learns of the new replica
+        recovered.set()
+        time.sleep(5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=timeout_s + 5)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    print(
+        f"replica kill: {counts['sent']} sent, {counts['failed']} failed around the kill, replaced in "
+        f"{replaced_after:.1f} s, then {counts['ok_after']} ok and {counts['failed_after']} failed; "
+        f"failures {failures[:5]}"
+    )
+    assert counts["failed"] <= clients, failures  # at most the requests in flight on the victim
+    assert counts["failed_after"] == 0, failures
+    assert counts["ok_after"] > 0
