@@ -36,6 +36,7 @@ __all__ = [
     "check_storage",
     "run_training",
     "wait_for_free_resources",
+    "writable_run_dir",
 ]
 
 
@@ -254,17 +255,37 @@ def launch_time() -> float:
     return float(psutil.Process().create_time())
 
 
+PROBE = ".rayformers-write-probe"
+
+
+def writable_run_dir(cfg: RunConfig) -> tuple[Location, Location]:
+    """The storage and the run's directory in it, created, after a small file was written there and removed: storage that is
+    read-only, full, not a directory or refused by its bucket fails here, naming the field, before any
+    worker starts, not at the first checkpoint."""
+    where = cfg.train.storage_path
+    try:
+        storage = Location.parse(where)
+        run_dir = storage / cfg.run_name
+        run_dir.mkdir()
+        probe = run_dir / PROBE
+        probe.write_text("rayformers checks that it can write here\n")
+        probe.fs.delete_file(probe.path)
+    except ValueError as err:
+        raise ResourceError(f"train.storage_path: {err}") from None
+    except OSError as err:
+        raise ResourceError(
+            f"train.storage_path: cannot write the run's checkpoints under {where!r} ({err}); point it at a "
+            "directory or bucket this cluster can write to, with free space"
+        ) from None
+    return storage, run_dir
+
+
 def _run(cfg: RunConfig) -> TrainResult:
     launched_at = launch_time()
     stages = {"ray_started": time.time() - launched_at}
     check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
     name = cfg.run_name
-    try:
-        storage = Location.parse(cfg.train.storage_path)
-    except ValueError as err:
-        raise ResourceError(f"train.storage_path: {err}") from None
-    run_dir = storage / name
-    run_dir.mkdir()
+    storage, run_dir = writable_run_dir(cfg)
     manifest = _tokenize_once(cfg, run_dir)
     stages["data_ready"] = time.time() - launched_at
     # Training workers hold their CPUs for the whole run: reading the shards reserves none, so it never

@@ -38,6 +38,31 @@ def test_multi_node_storage_must_be_shared():
     check_storage(config("train.storage_path=/nfs/runs", "train.storage_is_shared=true"), alive_nodes=3)
 
 
+def test_storage_that_cannot_be_written_fails_naming_the_field_before_any_worker_starts(
+    tmp_path, monkeypatch
+):
+    """Issue 12: unwritable or full storage is a clear error at the start, not a failure (or a hang) at
+    the first checkpoint."""
+    import errno
+
+    from rayformers.data.storage import Location
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ResourceError, match=r"train.storage_path: cannot write .*a-file.*free space"):
+        trainer.writable_run_dir(config(f"train.storage_path={blocker}/runs"))
+
+    def full(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Location, "write_text", full)
+    with pytest.raises(ResourceError, match=r"No space left on device"):
+        trainer.writable_run_dir(config(f"train.storage_path={tmp_path}/runs"))
+    monkeypatch.undo()
+    _, run_dir = trainer.writable_run_dir(config(f"train.storage_path={tmp_path}/runs"))
+    assert Path(run_dir.path).is_dir() and list(Path(run_dir.path).iterdir()) == []
+
+
 @pytest.fixture
 def short_cluster(monkeypatch):
     """A cluster with 1 CPU; records autoscaler requests and whether the run itself started."""
