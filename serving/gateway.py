@@ -25,8 +25,8 @@ from ray.serve.exceptions import BackPressureError
 from rayformers.serving import openai as oai
 from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import GatewayApp, GatewayArgs
-from rayformers.serving.errors import InputError, OverloadedError
-from rayformers.serving.ingress import RETRY_AFTER_S, call_model, reply_error
+from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
+from rayformers.serving.ingress import RETRY_AFTER_S, call_model, overloaded, reply_error
 from rayformers.serving.replica import ModelFailure
 from rayformers.serving.responses import ApiError, check_input_count, install, request_id
 from rayformers.tasks import get_task
@@ -53,6 +53,20 @@ def stream_error(err: Exception) -> dict[str, Any]:
             logger.error("stream %s failed", rid, exc_info=err)
         error = {"type": "model_error", "message": "the model failed on this request", "request_id": rid}
     return {"error": {"param": None, **error, "code": error["type"]}}
+
+
+def stream_refusal(err: Exception) -> Exception:
+    """What a stream that failed before its first item answers instead of a stream: the client's
+    mistake, a full queue and an unknown adapter as their HTTP errors; anything else as it is (the
+    JSON 500 with a request id)."""
+    cause = getattr(err, "cause", err)  # Ray wraps what a replica raised
+    if isinstance(cause, InputError):
+        return ApiError(422, "invalid_request", str(cause), field=cause.field)
+    if isinstance(cause, (BackPressureError, OverloadedError)):
+        return overloaded()
+    if isinstance(cause, UnknownAdapterError):
+        return ApiError(404, "unknown_adapter", str(cause), field="model", extra={"known": cause.known})
+    return err
 
 
 def _model_ids(apps: list[GatewayApp]) -> list[str]:
@@ -145,7 +159,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 if len(prompts) != 1:
                     raise ApiError(422, "invalid_request", "prompt: stream takes one prompt", field="prompt")
                 prefix = prompts[0] if body.echo else ""
-                return self._stream(
+                return await self._stream(
                     "text_completion", body.model, handle, prompts[0], params, adapter, prefix,
                     include_usage=bool(body.stream_options and body.stream_options.include_usage),
                 )  # fmt: skip
@@ -164,7 +178,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
             prompt = templated.outputs[0]
             params = oai.generation_parameters(body, body.max_completion_tokens or body.max_tokens, chat=True)
             if body.stream:
-                return self._stream(
+                return await self._stream(
                     "chat.completion", body.model, handle, prompt, params, adapter, "",
                     include_usage=bool(body.stream_options and body.stream_options.include_usage),
                 )  # fmt: skip
@@ -235,14 +249,29 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 (sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)),
             )
 
-        def _stream(
+        async def _stream(
             self, kind: Any, model: str, handle: Any, prompt: str, params: dict[str, Any], adapter: str | None,
             prefix: str, include_usage: bool = False,
         ) -> StreamingResponse:  # fmt: skip
+            """The stream's response once the replica has answered its first item: until then a refusal
+            (a bad request, a full queue, an unknown adapter) is still an HTTP status that clients act
+            on (a 503 they retry), not a 200 whose body holds an error event."""
             rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             chunks = handle.options(stream=True, multiplexed_model_id=adapter or "").stream.remote(
                 prompt, params, adapter
             )
+            try:
+                first: list[dict[str, Any]] = [await chunks.__anext__()]
+            except StopAsyncIteration:
+                first = []
+            except Exception as err:
+                raise stream_refusal(err) from None
+
+            async def items() -> AsyncIterator[dict[str, Any]]:
+                for item in first:
+                    yield item
+                async for item in chunks:
+                    yield item
 
             async def events() -> AsyncIterator[str]:
                 def event(payload: dict[str, Any]) -> str:
@@ -251,7 +280,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
                 finish, usage = "stop", None
                 try:
                     yield event(oai.stream_chunk(kind, rid, created, model, prefix or None, role=True))
-                    async for item in chunks:
+                    async for item in items():
                         if "delta" in item:
                             yield event(oai.stream_chunk(kind, rid, created, model, item["delta"]))
                         elif item.get("usage"):

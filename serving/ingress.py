@@ -23,7 +23,7 @@ from rayformers.serving.replica import ModelReplica, Reply
 from rayformers.serving.responses import ApiError, check_input_count, install
 from rayformers.tasks.base import Task
 
-__all__ = ["ADAPTER_HEADER", "app_deployment", "call_model", "request_model"]
+__all__ = ["ADAPTER_HEADER", "app_deployment", "call_model", "overloaded", "reply_error", "request_model"]
 
 # The header Ray Serve routes multiplexed requests by; it names the LoRA adapter.
 ADAPTER_HEADER = "serve_multiplexed_model_id"
@@ -51,7 +51,7 @@ def request_model(task: Task, name: str) -> type[BaseModel]:
     )
 
 
-def _overloaded() -> ApiError:
+def overloaded() -> ApiError:
     return ApiError(
         503,
         "overloaded",
@@ -71,7 +71,7 @@ def reply_error(reply: Reply) -> ApiError:
             404, "unknown_adapter", error.message, field=ADAPTER_HEADER, extra={"known": error.known}
         )
     if error.kind == "overloaded":
-        return _overloaded()
+        return overloaded()
     return ApiError(
         500, "model_error", f"{error.message}; the replica keeps serving (its log has the details)"
     )
@@ -87,7 +87,7 @@ async def call_model(
             inputs, parameters, adapter
         )
     except BackPressureError:
-        raise _overloaded() from None
+        raise overloaded() from None
     if reply.error is not None:
         raise reply_error(reply)
     return reply

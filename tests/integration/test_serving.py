@@ -320,6 +320,52 @@ def test_a_full_queue_answers_503_with_retry_after(server):
     assert rejected.headers["Retry-After"] == "1" and _error(rejected, 503)["type"] == "overloaded"
 
 
+def test_a_stream_the_full_queue_refuses_is_a_503_the_openai_client_sees_before_any_event(server):
+    """Issue 12: the first SSE chunk went out before the replica answered, so a full queue arrived as a
+    200 with an error event and clients did not retry."""
+    import openai
+
+    body = {"model": "busy", "prompt": "the", "max_tokens": 60, "stream": True}
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(
+            pool.map(lambda _: requests.post(f"{server}/v1/completions", json=body, timeout=120), range(12))
+        )
+    statuses = [r.status_code for r in responses]
+    assert 200 in statuses and 503 in statuses, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["Retry-After"] == "1" and _error(refused, 503)["type"] == "overloaded"
+    for answered in (r for r in responses if r.status_code == 200):  # whole streams, no error events
+        events = [line for line in answered.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and not any('"error"' in e for e in events)
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    hold = threading.Event()
+
+    def occupy() -> None:
+        while not hold.is_set():
+            post(server, "/busy/predict", {"inputs": "the", "parameters": {"max_new_tokens": 60}})
+
+    holders = [threading.Thread(target=occupy, daemon=True) for _ in range(4)]
+    for t in holders:
+        t.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 60
+        while "InternalServerError" not in seen and time.monotonic() < deadline:
+            try:
+                for _ in client.completions.create(model="busy", prompt="the", max_tokens=2, stream=True):
+                    pass
+                seen.add("ok")
+            except openai.InternalServerError as err:  # the client's class for a 503 (it would retry it)
+                assert err.status_code == 503 and err.response.headers["Retry-After"] == "1"
+                seen.add("InternalServerError")
+    finally:
+        hold.set()
+        for t in holders:
+            t.join(timeout=120)
+    assert "InternalServerError" in seen
+
+
 def test_a_model_error_is_a_500_with_a_request_id_and_the_replica_keeps_serving(server):
     error = _error(post(server, "/broken/predict", {"inputs": f"a {BROKEN_WORD}"}), 500)
     assert error["type"] == "model_error" and error["request_id"]
