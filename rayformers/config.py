@@ -406,6 +406,12 @@ class ServeAppConfig(_Section):
         default_factory=AutoscalingConfig, description="Replica autoscaling."
     )
     max_inputs_per_request: int = Field(default=64, ge=1, description="Inputs per request before 413.")
+    max_input_chars: int = Field(
+        default=100_000,
+        ge=1,
+        description="Characters of any one text in a request (a document, a prompt, a chat message) "
+        "before 422; longer ones cost the model thread tokenizer time only to be truncated.",
+    )
 
     @model_validator(mode="after")
     def _batch_can_fill(self) -> ServeAppConfig:

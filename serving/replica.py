@@ -193,6 +193,8 @@ class ModelReplica:
         from rayformers.serving.openai import chat_prompt
 
         for where, text in _strings(messages, "messages"):
+            if len(text) > self.args.max_input_chars:
+                raise _too_long(where, len(text), self.args.max_input_chars)
             if not _is_unicode(text):
                 raise InputError(where, _NOT_UNICODE)
         try:
@@ -233,7 +235,7 @@ class ModelReplica:
         if adapter and adapter not in self.args.adapters:
             error = UnknownAdapterError(adapter, sorted(self.args.adapters))
             return Reply(error=ReplyError(kind="adapter", message=str(error), known=error.known))
-        mistake = client_mistake(inputs, parameters)
+        mistake = client_mistake(inputs, parameters, self.args.max_input_chars)
         if mistake is not None:
             return Reply(error=ReplyError(kind="input", message=str(mistake), field=mistake.field))
         try:
@@ -318,7 +320,7 @@ class ModelReplica:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str] = asyncio.Queue()
         sink = TokenSink(lambda delta: loop.call_soon_threadsafe(deltas.put_nowait, delta), lambda end: None)
-        mistake = client_mistake([text], parameters)
+        mistake = client_mistake([text], parameters, self.args.max_input_chars)
         if mistake is not None:
             raise mistake
         try:
@@ -351,20 +353,30 @@ class ModelReplica:
 _NOT_UNICODE = "not valid Unicode text (a lone surrogate escape such as \\ud800)"
 
 
-def client_mistake(inputs: list[Any], parameters: Any) -> InputError | None:
+def client_mistake(inputs: list[Any], parameters: Any, max_chars: int | None = None) -> InputError | None:
     """What makes a request the client's mistake before any model sees it: an empty text anywhere in
-    its inputs (the contract's 422; a model given nothing to read fails or answers noise), and text
-    that is not Unicode anywhere in it (a lone surrogate such as `"\\ud800"` parses as JSON but no
-    tokenizer can encode it)."""
+    its inputs (the contract's 422; a model given nothing to read fails or answers noise), a text over
+    `max_chars`, and text that is not Unicode anywhere in it (a lone surrogate such as `"\\ud800"`
+    parses as JSON but no tokenizer can encode it)."""
     for where, text in _strings(inputs, "inputs"):
         if not text.strip():
             return InputError(where, "an empty text; send some text to read")
+        if max_chars is not None and len(text) > max_chars:
+            return _too_long(where, len(text), max_chars)
         if not _is_unicode(text):
             return InputError(where, _NOT_UNICODE)
     for where, text in _strings(parameters, "parameters"):
         if not _is_unicode(text):
             return InputError(where, _NOT_UNICODE)
     return None
+
+
+def _too_long(where: str, length: int, limit: int) -> InputError:
+    return InputError(
+        where,
+        f"a text of {length} characters, over this app's limit of {limit}; shorten or split it "
+        "(serve.apps[].max_input_chars sets the limit)",
+    )
 
 
 def _is_unicode(text: str) -> bool:

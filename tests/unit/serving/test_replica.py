@@ -21,6 +21,11 @@ def test_empty_texts_and_lone_surrogates_are_the_clients_mistake_naming_the_fiel
     assert pair is not None and pair.field == "inputs[0].text_pair"
     parameter = client_mistake(["x"], {"candidate_labels": ["a", "\ud800"]})
     assert parameter is not None and parameter.field == "parameters.candidate_labels[1]"
+    # A text over the app's character limit, wherever it sits, names itself and the limit.
+    long = client_mistake([{"query": "q", "texts": ["ok", "x" * 11]}], {}, max_chars=10)
+    assert long is not None and long.field == "inputs[0].texts[1]" and "11 characters" in long.message
+    assert "limit of 10" in long.message and "max_input_chars" in long.message
+    assert client_mistake(["x" * 10], {}, max_chars=10) is None
     # Empty texts inside structured inputs too: a document to rank, a QA context, a sentence pair's second.
     document = client_mistake([{"query": "q", "texts": ["ok", " "]}], {})
     assert document is not None and document.field == "inputs[0].texts[1]" and "empty" in document.message
@@ -81,3 +86,7 @@ def test_an_over_long_chat_is_refused_naming_messages_not_cut_from_the_front(tin
     assert (
         bad.error is not None and bad.error.field == "messages[1].content" and "Unicode" in bad.error.message
     )
+    # A chat message over the app's character limit is refused naming it.
+    replica.args = replica.args.model_copy(update={"max_input_chars": 20})
+    over = replica.chat_prompt([{"role": "user", "content": "x" * 21}]).error
+    assert over is not None and over.field == "messages[0].content" and "max_input_chars" in over.message
