@@ -16,6 +16,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,16 @@ class Location:
             self.path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
         )
         return target
+
+    @contextlib.contextmanager
+    def local_copy(self) -> Iterator[Path]:
+        """This directory on local disk for the block: itself when local, else a temporary copy that is
+        removed when the block ends (a replica reading an adapter or checkpoint keeps no stray copy)."""
+        if self.local:
+            yield Path(self.path)
+            return
+        with tempfile.TemporaryDirectory(prefix="rayformers-") as tmp:
+            yield self.download(tmp)
 
     def upload(self, directory: str | Path) -> None:
         """Copy a local directory's files here (the same layout)."""

@@ -8,6 +8,7 @@ when the caller names the task, with settings derived from the tokenizer and con
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from rayformers.tasks.handler import Handler
 
-__all__ = ["DTYPES", "LoadedModel", "build_handler", "load_checkpoint", "resolve_dtype"]
+__all__ = ["DTYPES", "LoadedModel", "build_handler", "load_checkpoint", "local_copy", "resolve_dtype"]
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -119,17 +120,23 @@ class LoadedModel:
         """Load one more LoRA adapter (trained on the same base) under `name`, e.g. when a multiplexed
         deployment first sees a request for it. Loading a name already loaded does nothing."""
         _check_adapter_name(name)
-        with self._lock:
-            if name in self._adapters:
-                return
-            if not self._adapters or self.manifest is None:
-                raise CheckpointError(
-                    f"adapter {name!r}: {self.path} is a full{' (merged)' if self.merged else ''} checkpoint; "
-                    "extra adapters need an unmerged LoRA checkpoint to share its base"
-                )
-            _add_adapter(self.model, name, local_directory(directory), self.manifest)
-            self.model.eval()
-            self._adapters.append(name)
+        if name in self._adapters:
+            return
+        if not self._adapters or self.manifest is None:
+            raise CheckpointError(
+                f"adapter {name!r}: {self.path} is a full{' (merged)' if self.merged else ''} checkpoint; "
+                "extra adapters need an unmerged LoRA checkpoint to share its base"
+            )
+        # The download and the checks run outside the lock, so forwards go on meanwhile; only peft's
+        # injection holds it. A cloud adapter's copy is removed once its weights are in the model.
+        with local_copy(directory) as local:
+            _check_adapter(name, local, self.manifest)
+            with self._lock:
+                if name in self._adapters:
+                    return
+                _load_adapter(self.model, name, local)
+                self.model.eval()
+                self._adapters.append(name)
 
     def remove_adapter(self, name: str) -> None:
         """Free an extra adapter (a multiplexed deployment evicting it); unknown names are ignored."""
@@ -161,22 +168,25 @@ class LoadedModel:
         }
 
 
-def local_directory(path: str) -> Path:
-    """The checkpoint directory at `path` on local disk. One on cloud storage (a multi-node run's) is
-    downloaded: each replica reads its own copy."""
-    if is_remote(path):
-        try:
-            root = Location.parse(path).download()
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {path!r} could not be downloaded: {err}") from None
-    else:
-        root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path!r} is not a directory; give the directory a training run wrote (a local or "
-            "NFS path, or an s3:// or gs:// URI)"
-        )
-    return root
+@contextmanager
+def local_copy(path: str) -> Iterator[Path]:
+    """The checkpoint directory at `path` on local disk, for the block. One on cloud storage (a
+    multi-node run's) is downloaded, each replica its own copy, and removed when the block ends: what
+    serving needs of it is in memory by then."""
+    with contextlib.ExitStack() as stack:
+        if is_remote(path):
+            try:
+                root = stack.enter_context(Location.parse(path).local_copy())
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"checkpoint {path!r} could not be downloaded: {err}") from None
+        else:
+            root = Path(path)
+        if not root.is_dir():
+            raise CheckpointError(
+                f"checkpoint {path!r} is not a directory; give the directory a training run wrote (a local "
+                "or NFS path, or an s3:// or gs:// URI)"
+            )
+        yield root
 
 
 def load_checkpoint(
@@ -195,26 +205,26 @@ def load_checkpoint(
     adapter into the base weights (faster, but then no other adapters can be added); `adapters` maps
     extra adapter names to LoRA checkpoint directories trained on the same base.
     """
-    root = local_directory(path)
-    manifest = _read_manifest(root)
-    spec = _task(root, manifest, task)
-    _check_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    tokenizer = _tokenizer(root, spec)
-    settings = manifest.preprocessing if manifest is not None else _derive_settings(root, spec, tokenizer)
-    adapters = dict(adapters or {})
-    is_lora = manifest is not None and manifest.method == "lora"
-    if adapters and not is_lora:
-        raise CheckpointError(
-            f"adapters {sorted(adapters)} need a LoRA checkpoint, but {path} holds full weights; serve the "
-            "LoRA checkpoint whose base the adapters were trained on"
-        )
-    if adapters and merge_lora:
-        raise CheckpointError(
-            "merge_lora folds one adapter into the base weights, so extra adapters cannot be served beside "
-            "it; drop merge_lora or the adapters"
-        )
-    model = load_model(manifest, root, dtype=torch_dtype, task=spec)
+    with local_copy(path) as root:  # a cloud checkpoint's copy goes once the model is in memory
+        manifest = _read_manifest(root)
+        spec = _task(root, manifest, task)
+        _check_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        tokenizer = _tokenizer(root, spec)
+        settings = manifest.preprocessing if manifest is not None else _derive_settings(root, spec, tokenizer)
+        adapters = dict(adapters or {})
+        is_lora = manifest is not None and manifest.method == "lora"
+        if adapters and not is_lora:
+            raise CheckpointError(
+                f"adapters {sorted(adapters)} need a LoRA checkpoint, but {path} holds full weights; "
+                "serve the LoRA checkpoint whose base the adapters were trained on"
+            )
+        if adapters and merge_lora:
+            raise CheckpointError(
+                "merge_lora folds one adapter into the base weights, so extra adapters cannot be served "
+                "beside it; drop merge_lora or the adapters"
+            )
+        model = load_model(manifest, root, dtype=torch_dtype, task=spec)
     names = [DEFAULT_ADAPTER] if is_lora else []
     if is_lora and merge_lora:
         model, names = model.merge_and_unload(), []
@@ -226,7 +236,7 @@ def load_checkpoint(
         tokenizer=tokenizer,
         model=model,
         device=device,
-        path=str(root),
+        path=str(path),
         dtype=torch_dtype,
         merged=is_lora and merge_lora,
         _adapters=names,
@@ -313,8 +323,8 @@ def _check_adapter_name(name: str) -> None:
         )
 
 
-def _add_adapter(model: Any, name: str, directory: Path, manifest: CheckpointManifest) -> None:
-    """Load one extra adapter beside the checkpoint's own, refusing one that cannot share its base."""
+def _check_adapter(name: str, directory: Path, manifest: CheckpointManifest) -> None:
+    """Refuse an extra adapter that cannot share the checkpoint's base."""
     if not (directory / ADAPTER_CONFIG).exists():
         raise CheckpointError(f"adapter {name!r}: {directory} holds no LoRA adapter ({ADAPTER_CONFIG})")
     other = _read_manifest(directory)
@@ -334,6 +344,10 @@ def _add_adapter(model: Any, name: str, directory: Path, manifest: CheckpointMan
             raise CheckpointError(
                 f"adapter {name!r} at {directory} cannot share this base: {'; '.join(problems)}"
             )
+
+
+def _load_adapter(model: Any, name: str, directory: Path) -> None:
+    """Load one extra adapter beside the checkpoint's own."""
     try:
         model.load_adapter(str(directory), adapter_name=name)
     except (OSError, ValueError, RuntimeError, KeyError) as err:

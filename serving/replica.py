@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
 from rayformers.serving.access import resolve_keys
+from rayformers.serving.adapters import AdapterSlot, ResidentAdapters
 from rayformers.serving.args import AppArgs
 from rayformers.serving.batching import Batcher
 from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
@@ -83,19 +84,6 @@ class _Request:
     adapter: str | None
 
 
-class _AdapterSlot:
-    """What `@serve.multiplexed` caches: an adapter loaded into the replica's model. Serve calls
-    `__del__` when it evicts the least recently used one."""
-
-    def __init__(self, loaded: Any, name: str) -> None:
-        self.loaded, self.name, self._gone = loaded, name, False
-
-    def __del__(self) -> None:
-        if not self._gone:
-            self._gone = True
-            self.loaded.remove_adapter(self.name)
-
-
 def torch_threads(num_cpus: float | None) -> int:
     """torch's intra-op threads for a replica: the CPUs it reserves (rounded up), or, when it names none,
     every core its process may run on. Ray itself sets OMP_NUM_THREADS=1 for a 1-CPU actor."""
@@ -133,6 +121,7 @@ class ModelReplica:
             merge_lora=self.args.merge_lora,
         )
         self.handler = build_handler(self.loaded, max_batch_tokens=self.args.max_batch_tokens)
+        self._adapters = ResidentAdapters(self.loaded)
         self._pool.submit(self.handler.warmup).result()
         self._failures = 0
         self._pending = 0
@@ -221,10 +210,8 @@ class ModelReplica:
             raise RuntimeError(f"the model failed {self._failures} requests in a row")
 
     @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
-    async def _adapter(self, name: str) -> _AdapterSlot:
-        directory = self.args.adapters[name]
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.loaded.add_adapter, name, directory)
-        return _AdapterSlot(self.loaded, name)
+    async def _adapter(self, name: str) -> AdapterSlot:
+        return await self._adapters.load(name, self.args.adapters[name])
 
     async def predict(self, inputs: list[Any], parameters: dict[str, Any], adapter: str | None) -> Reply:
         """`answer`, for callers that reach the replica through a deployment handle (the gateway)."""
@@ -250,11 +237,24 @@ class ModelReplica:
             return Reply(error=ReplyError(kind="overloaded", message=message))
         self._pending += 1
         try:
-            if adapter:
-                await self._adapter(adapter)
-            return await self._batcher.submit(_Request(inputs=inputs, parameters=params, adapter=adapter))
+            with self._adapters.held(adapter):  # an eviction meanwhile waits for this request's answer
+                if adapter and not await self._load(adapter):
+                    message = f"adapter {adapter!r} could not be loaded on this replica; its log says why"
+                    return Reply(error=ReplyError(kind="model", message=message))
+                return await self._batcher.submit(_Request(inputs=inputs, parameters=params, adapter=adapter))
         finally:
             self._pending -= 1
+
+    async def _load(self, adapter: str) -> bool:
+        """Whether the adapter is (now) loaded. One the operator configured that cannot be loaded (a
+        missing directory, another base, a storage error) fails its requests with a 500, and the next
+        request tries again; it is no health strike, since a new replica would fail alike."""
+        try:
+            await self._adapter(adapter)
+        except Exception:
+            logger.exception("loading adapter %r failed", adapter)
+            return False
+        return True
 
     async def _batched(self, requests: list[_Request]) -> list[Reply]:
         self._batch_sizes.observe(len(requests))

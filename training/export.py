@@ -35,13 +35,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool 
         raise ExportError(f"{checkpoint} has no {MANIFEST}: it is not a rayformers checkpoint")
     if target.exists() and not target.is_empty_dir():
         raise ExportError(f"--out {str(out)!r} is not empty; choose a new directory")
-    local = source.download()
-    if target.local:
-        _export(local, Path(target.path), merge_lora, target.path)
-        return str(out)
-    with tempfile.TemporaryDirectory(prefix="rayformers-export-") as staging:
-        _export(local, Path(staging) / "out", merge_lora, None)
-        target.upload(Path(staging) / "out")
+    with source.local_copy() as local:  # a cloud checkpoint's copy is removed once exported
+        if target.local:
+            _export(local, Path(target.path), merge_lora, target.path)
+            return str(out)
+        with tempfile.TemporaryDirectory(prefix="rayformers-export-") as staging:
+            _export(local, Path(staging) / "out", merge_lora, None)
+            target.upload(Path(staging) / "out")
     return str(out)
 
 

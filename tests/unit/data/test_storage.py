@@ -55,3 +55,17 @@ def test_s3_directories_upload_and_download(s3_uri, tmp_path):
 def test_an_unknown_scheme_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"nosuch://bucket/runs.*s3://bucket/dir"):
         Location.parse("nosuch://bucket/runs")
+
+
+def test_a_local_copy_of_cloud_storage_is_removed_when_its_block_ends(s3_uri, tmp_path):
+    source = tmp_path / "adapter"
+    source.mkdir()
+    (source / "adapter_config.json").write_text("{}")
+    remote = Location.parse(s3_uri("adapters/one"))
+    remote.upload(source)
+    with remote.local_copy() as copy:
+        assert (copy / "adapter_config.json").read_text() == "{}" and copy != source
+    assert not copy.exists()  # a replica that loaded an adapter keeps no stray download
+    with Location.parse(source).local_copy() as here:
+        assert here == source  # a local directory is read where it is, and never removed
+    assert source.exists()
