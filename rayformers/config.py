@@ -379,6 +379,14 @@ class ServeAppConfig(_Section):
         "forwards of at most this many tokens, so short inputs are not padded to the longest. Unset: 512 on "
         "CPU (where a forward costs what its padded tokens cost, and 512 measured fastest), 16384 on GPU.",
     )
+    max_call_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Tokens one model call may hold, estimated from characters before tokenizing (a token "
+        "per 3 bytes of UTF-8, which errs high for most text; each row at most max_length; a text per "
+        "candidate label, a pair per document, generated tokens counted): a batch stops growing at it, and "
+        "a request that alone needs more is a 413. Unset: 65536 on CPU, 1048576 on GPU.",
+    )
     max_ongoing_requests: int | None = Field(
         default=None,
         ge=1,

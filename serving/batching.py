@@ -15,7 +15,6 @@ groups that take turns, while a lone caller never waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -34,9 +33,15 @@ class Batcher(Generic[Item, Result]):
         run: Callable[[list[Item]], Awaitable[list[Result]]],
         max_batch_size: int,
         wait_s: float = 0.0,
+        cost: Callable[[Item], int] | None = None,
+        budget: int | None = None,
     ) -> None:
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.cost, self.budget = cost, budget
+        """A batch stops growing before its items' `cost` would pass `budget` (its first item always
+        rides): the next item waits, first in line, for the next batch."""
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
+        self._carried: tuple[Item, asyncio.Future[Result]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._peak = 0
@@ -45,7 +50,7 @@ class Batcher(Generic[Item, Result]):
     @property
     def waiting(self) -> int:
         """Items queued for the next batch."""
-        return self._queue.qsize() if self._queue is not None else 0
+        return (self._queue.qsize() if self._queue is not None else 0) + (self._carried is not None)
 
     async def submit(self, item: Item) -> Result:
         if self._queue is None:
@@ -58,9 +63,15 @@ class Batcher(Generic[Item, Result]):
         self._peak = max(self._peak, self._in_flight)
         return await future
 
+    def _cost(self, item: Item) -> int:
+        return self.cost(item) if self.cost is not None else 0
+
     async def _loop(self, queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]]) -> None:
         while True:
-            batch = [await queue.get()]
+            first = self._carried if self._carried is not None else await queue.get()
+            self._carried = None
+            batch = [first]
+            spent = self._cost(first[0])
             deadline = time.monotonic() + self.wait_s
             target = min(self.max_batch_size, self._peak)
             while len(batch) < self.max_batch_size:
@@ -68,10 +79,17 @@ class Batcher(Generic[Item, Result]):
                     left = deadline - time.monotonic()
                     if left <= 0 or len(batch) >= target:
                         break
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        batch.append(await asyncio.wait_for(queue.get(), left))
-                    continue
-                batch.append(queue.get_nowait())
+                    try:
+                        entry = await asyncio.wait_for(queue.get(), left)
+                    except asyncio.TimeoutError:
+                        continue
+                else:
+                    entry = queue.get_nowait()
+                spent += self._cost(entry[0])
+                if self.budget is not None and spent > self.budget:
+                    self._carried = entry
+                    break
+                batch.append(entry)
             live = [(item, future) for item, future in batch if not future.cancelled()]
             self._in_flight -= len(batch) - len(live)
             self._peak = self._in_flight

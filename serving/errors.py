@@ -15,7 +15,14 @@ from rayformers.errors import UserError
 from rayformers.tasks.checkpoint import CheckpointError
 from rayformers.tasks.handler import InputError
 
-__all__ = ["CheckpointError", "InputError", "OverloadedError", "ServingError", "UnknownAdapterError"]
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "OverloadedError",
+    "ServingError",
+    "TooManyTokensError",
+    "UnknownAdapterError",
+]
 
 
 class ServingError(UserError):
@@ -37,6 +44,10 @@ class UnknownAdapterError(ServingError):
 
     def __reduce__(self) -> tuple[type[UnknownAdapterError], tuple[str, list[str]]]:
         return (type(self), (self.name, self.known))
+
+
+class TooManyTokensError(ServingError):
+    """A request needing more tokens in one model call than the app allows (HTTP 413)."""
 
 
 class OverloadedError(ServingError):

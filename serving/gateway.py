@@ -25,7 +25,7 @@ from ray.serve.exceptions import BackPressureError
 from rayformers.serving import openai as oai
 from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import GatewayApp, GatewayArgs
-from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
+from rayformers.serving.errors import InputError, OverloadedError, TooManyTokensError, UnknownAdapterError
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model, overloaded, reply_error
 from rayformers.serving.replica import ModelFailure
 from rayformers.serving.responses import ApiError, check_input_count, install, request_id
@@ -43,6 +43,8 @@ def stream_error(err: Exception) -> dict[str, Any]:
     cause = getattr(err, "cause", err)  # Ray wraps what a replica raised
     if isinstance(cause, InputError):
         error = {"type": "invalid_request", "message": str(cause), "param": cause.field}
+    elif isinstance(cause, TooManyTokensError):
+        error = {"type": "too_many_tokens", "message": str(cause), "param": "prompt"}
     elif isinstance(cause, (BackPressureError, OverloadedError)):
         error = {"type": "overloaded", "message": "the app's queue is full", "retry_after": RETRY_AFTER_S}
     else:
@@ -64,6 +66,8 @@ def stream_refusal(err: Exception) -> Exception:
         return ApiError(422, "invalid_request", str(cause), field=cause.field)
     if isinstance(cause, (BackPressureError, OverloadedError)):
         return overloaded()
+    if isinstance(cause, TooManyTokensError):
+        return ApiError(413, "too_many_tokens", str(cause), field="prompt")
     if isinstance(cause, UnknownAdapterError):
         return ApiError(404, "unknown_adapter", str(cause), field="model", extra={"known": cause.known})
     return err

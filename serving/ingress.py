@@ -66,6 +66,8 @@ def reply_error(reply: Reply) -> ApiError:
     assert error is not None
     if error.kind == "input":
         return ApiError(422, "invalid_request", error.message, field=error.field or "inputs")
+    if error.kind == "too_large":
+        return ApiError(413, "too_many_tokens", error.message, field=error.field or "inputs")
     if error.kind == "adapter":
         return ApiError(
             404, "unknown_adapter", error.message, field=ADAPTER_HEADER, extra={"known": error.known}

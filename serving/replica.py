@@ -32,7 +32,8 @@ from rayformers.serving.access import resolve_keys
 from rayformers.serving.adapters import AdapterSlot, ResidentAdapters
 from rayformers.serving.args import AppArgs
 from rayformers.serving.batching import Batcher
-from rayformers.serving.errors import InputError, OverloadedError, UnknownAdapterError
+from rayformers.serving.errors import InputError, OverloadedError, TooManyTokensError, UnknownAdapterError
+from rayformers.tasks.handler import DEFAULT_CALL_TOKENS
 
 __all__ = [
     "MAX_ADAPTERS_PER_REPLICA",
@@ -54,11 +55,12 @@ UNHEALTHY_AFTER = 3
 
 
 class ReplyError(BaseModel):
-    """Why one request failed: its own input, an unknown adapter, a full replica, or the model."""
+    """Why one request failed: its own input, its size (more tokens than one model call may hold), an
+    unknown adapter, a full replica, or the model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["input", "adapter", "overloaded", "model"]
+    kind: Literal["input", "too_large", "adapter", "overloaded", "model"]
     message: str
     field: str | None = None
     known: list[str] | None = None
@@ -82,6 +84,8 @@ class _Request:
     parameters: Any
     """The handler's validated `Parameters`."""
     adapter: str | None
+    tokens: int = 0
+    """The handler's estimate of the tokens its forwards hold (`call_tokens`)."""
 
 
 def torch_threads(num_cpus: float | None) -> int:
@@ -126,12 +130,17 @@ class ModelReplica:
         self._failures = 0
         self._pending = 0
         self._admit = self.args.admission_limit
+        self._call_tokens = self.args.max_call_tokens or DEFAULT_CALL_TOKENS.get(
+            self.handler.device.type, DEFAULT_CALL_TOKENS["cpu"]
+        )
         self._batcher: Batcher[_Request, Reply] = Batcher(
             self._batched,
             self.args.max_batch_size,
             self.handler.batch_wait_s
             if self.args.batch_wait_timeout_s is None
             else self.args.batch_wait_timeout_s,
+            cost=lambda request: request.tokens,
+            budget=self._call_tokens,
         )
         from ray.serve.metrics import Histogram
 
@@ -230,6 +239,15 @@ class ModelReplica:
         except ValidationError as err:
             path, problem = _parameter_problem(err)
             return Reply(error=ReplyError(kind="input", message=f"{path}: {problem}", field="parameters"))
+        tokens = self.handler.call_tokens(inputs, params)
+        if tokens > self._call_tokens:
+            message = (
+                f"this request needs about {tokens} tokens in one model call (estimated from its "
+                f"characters), over this app's limit of {self._call_tokens} "
+                "(serve.apps[].max_call_tokens); send fewer or shorter inputs (fewer candidate labels, "
+                "documents or new tokens), over several requests"
+            )
+            return Reply(error=ReplyError(kind="too_large", message=message, field="inputs"))
         if self._admit is not None and self._pending >= self._admit:
             message = (
                 f"the replica already holds {self._pending} requests; retry after the delay in Retry-After"
@@ -241,7 +259,8 @@ class ModelReplica:
                 if adapter and not await self._load(adapter):
                     message = f"adapter {adapter!r} could not be loaded on this replica; its log says why"
                     return Reply(error=ReplyError(kind="model", message=message))
-                return await self._batcher.submit(_Request(inputs=inputs, parameters=params, adapter=adapter))
+                request = _Request(inputs=inputs, parameters=params, adapter=adapter, tokens=tokens)
+                return await self._batcher.submit(request)
         finally:
             self._pending -= 1
 
@@ -429,6 +448,8 @@ def _stream_error(error: ReplyError, adapter: str | None) -> Exception:
         return InputError(error.field or "inputs", error.message)
     if error.kind == "overloaded":
         return OverloadedError(error.message)
+    if error.kind == "too_large":
+        return TooManyTokensError(error.message)
     return ModelFailure(error.message)
 
 

@@ -26,14 +26,18 @@ if TYPE_CHECKING:
     from rayformers.tasks.base import Task
 
 __all__ = [
+    "BYTES_PER_TOKEN",
     "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_CALL_TOKENS",
     "MODEL_INPUTS",
     "Columns",
     "ForwardStats",
     "Handler",
     "InputError",
     "Loaded",
+    "estimated_tokens",
     "micro_batches",
+    "texts_of",
 ]
 
 Columns = dict[str, list[Any]]
@@ -78,6 +82,36 @@ DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 16384}
 about what its padded tokens cost, so batches are cut short by length rather than padded to their longest
 row (on a MiniLM-size classifier, 32 requests of 5-120 words ran at 67 sequences/s with 512, 49 with 4096);
 a GPU wants large forwards."""
+
+
+DEFAULT_CALL_TOKENS = {"cpu": 65_536, "cuda": 1_048_576}
+"""Estimated tokens one model call may hold by device (`serve.apps[].max_call_tokens`): on CPU some
+seconds of a base-size encoder, so no one request holds the model thread (and the requests behind it)
+for minutes, while 64 full-length inputs of 512 tokens still fit."""
+
+BYTES_PER_TOKEN = 3
+"""`estimated_tokens`' rate: English tokenizes at 4-5 bytes of UTF-8 a token and CJK at about 3, so the
+estimate errs high for most text, as a limit should."""
+
+
+def estimated_tokens(*texts: str) -> int:
+    """About how many tokens `texts` make together (with a sequence's two special tokens), without a
+    tokenizer: cheap enough for the event loop, which must bound a request before the model thread
+    tokenizes it."""
+    return sum(len(t.encode("utf-8", "replace")) for t in texts) // BYTES_PER_TOKEN + 2
+
+
+def texts_of(value: Any) -> list[str]:
+    """Every string in one input as a client sent it (a string, a mapping, a list, a model), in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in texts_of(item)]
+    return []
 
 
 def micro_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -210,6 +244,14 @@ class Handler(ABC):
     def warmup(self) -> None:
         """Run one tiny request end to end, so a replica reports healthy only once it can answer."""
         self.predict(self.warmup_inputs, self.warmup_parameters)
+
+    def call_tokens(self, inputs: Sequence[Any], parameters: Any) -> int:
+        """About how many tokens a request's forwards hold, estimated without tokenizing (what
+        `serve.apps[].max_call_tokens` bounds): `inputs` as the client sent them, `parameters` validated.
+        Here each input is one row of at most max_length tokens; tasks whose inputs become several rows,
+        or that generate tokens, count those."""
+        limit = self.settings.max_length
+        return sum(min(limit, estimated_tokens(*texts_of(item))) for item in inputs)
 
     def length(self, input: Any) -> int:
         """A cheap length proxy (characters) used to sort a batch so similar lengths pad together."""

@@ -25,7 +25,7 @@ from rayformers.data.preprocess import Columns, Mode, model_inputs
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import Evaluator
-from rayformers.tasks.handler import Handler, InputError
+from rayformers.tasks.handler import Handler, InputError, estimated_tokens, texts_of
 from rayformers.tasks.schemas import InputModel, ParametersModel
 from rayformers.validation import ConfigIssue
 
@@ -277,6 +277,22 @@ class QuestionAnsweringHandler(Handler):
 
     def length(self, input: QuestionContext) -> int:
         return len(input.question) + len(input.context)
+
+    def call_tokens(self, inputs: Sequence[Any], parameters: QuestionAnsweringParameters) -> int:
+        """A long context is read in windows, each holding the question and up to max_length tokens, so
+        the context is counted whole and the question once per window."""
+        limit, total = self.settings.max_length, 0
+        for item in inputs:
+            fields = item.model_dump() if isinstance(item, QuestionContext) else item
+            if not isinstance(fields, Mapping):
+                total += min(limit, estimated_tokens(*texts_of(item)))
+                continue
+            question = estimated_tokens(*texts_of(fields.get("question")))
+            context = estimated_tokens(*texts_of(fields.get("context")))
+            room = max(1, limit - question)
+            windows = -(-context // room)
+            total += min(limit, question + context) if windows <= 1 else windows * limit
+        return total
 
     def _predict(
         self, inputs: list[QuestionContext], parameters: list[QuestionAnsweringParameters]

@@ -35,7 +35,7 @@ from rayformers.data.rows import text_problem
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import Evaluator
-from rayformers.tasks.handler import Handler
+from rayformers.tasks.handler import Handler, estimated_tokens, texts_of
 from rayformers.tasks.schemas import InputModel, ParametersModel
 
 if TYPE_CHECKING:
@@ -227,6 +227,20 @@ class TextRankingHandler(Handler):
 
     def length(self, input: QueryTexts) -> int:
         return len(input.query) * len(input.texts) + sum(len(t) for t in input.texts)
+
+    def call_tokens(self, inputs: Sequence[Any], parameters: RankingParameters) -> int:
+        """One (query, text) row per text of each input."""
+        limit = self.settings.max_length
+        total = 0
+        for item in inputs:
+            fields = item.model_dump() if isinstance(item, QueryTexts) else item
+            texts = fields.get("texts") if isinstance(fields, Mapping) else None
+            if not isinstance(texts, list):  # not an input this task reads: parsing will say so
+                total += min(limit, estimated_tokens(*texts_of(item)))
+                continue
+            query = estimated_tokens(*texts_of(fields.get("query")))
+            total += sum(min(limit, query + estimated_tokens(*texts_of(text))) for text in texts)
+        return total
 
     def _predict(self, inputs: list[QueryTexts], parameters: list[RankingParameters]) -> list[Any]:
         """(answer, usage) per input: every (query, text) pair of every input forwarded together."""

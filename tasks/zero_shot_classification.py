@@ -5,7 +5,7 @@ pipeline does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from string import Formatter
 from typing import Any
 
@@ -15,7 +15,7 @@ from rayformers.config import DataConfig
 from rayformers.data.rows import DataError
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.checkpoint import CheckpointError
-from rayformers.tasks.handler import Handler, InputError
+from rayformers.tasks.handler import Handler, InputError, estimated_tokens, texts_of
 from rayformers.tasks.schemas import TEXT_HINT, ParametersModel
 from rayformers.tasks.text_classification import TextClassification
 from rayformers.validation import ConfigIssue
@@ -95,6 +95,19 @@ class ZeroShotHandler(Handler):
             )
         self.entailment_id: int = found["entailment"]  # type: ignore[assignment]
         self.contradiction_id: int = found["contradiction"]  # type: ignore[assignment]
+
+    def call_tokens(self, inputs: Sequence[Any], parameters: ZeroShotParameters) -> int:
+        """One (text, hypothesis) row per input and candidate label."""
+        limit = self.settings.max_length
+        hypotheses = [
+            estimated_tokens(parameters.hypothesis_template.replace("{}", label))
+            for label in dict.fromkeys(parameters.candidate_labels)
+        ] or [0]
+        return sum(
+            min(limit, estimated_tokens(*texts_of(item)) + hypothesis)
+            for item in inputs
+            for hypothesis in hypotheses
+        )
 
     def _predict(self, inputs: list[str], parameters: list[ZeroShotParameters]) -> list[Any]:
         import torch

@@ -303,6 +303,14 @@ def test_limits_get_413_with_the_limit(server):
     assert many["limit"] == 4 and "4" in many["message"]
     big = _error(post(server, "/sentiment/predict", {"inputs": "word " * 10_000}), 413)
     assert big["limit"] == 20_000
+    # 64 texts times 64 labels is 4,096 model rows: more tokens than one call may hold (max_call_tokens).
+    rows = {
+        "inputs": [f"review {i}: " + "a fine film " * 10 for i in range(64)],
+        "parameters": {"candidate_labels": [f"label {i}" for i in range(64)]},
+    }
+    tokens = _error(post(server, "/zero-shot/predict", rows), 413)
+    assert tokens["type"] == "too_many_tokens" and tokens["field"] == "inputs"
+    assert "65536" in tokens["message"] and "max_call_tokens" in tokens["message"]
 
 
 def test_unknown_app_is_a_json_404_listing_the_apps(server):
@@ -547,6 +555,11 @@ def test_the_official_openai_client_reads_every_route_and_raises_its_own_error_c
     with pytest.raises(openai.APIStatusError) as too_many:
         client.embeddings.create(model="embed", input=["x"] * 65)
     assert too_many.value.status_code == 413 and too_many.value.param == "input"
+    with pytest.raises(
+        openai.APIStatusError
+    ) as too_long:  # 64 prompts of 1,024 new tokens: one call's budget
+        client.completions.create(model="gen", prompt=["Once upon"] * 64, max_tokens=1024)
+    assert too_long.value.status_code == 413 and "max_call_tokens" in too_long.value.message
 
 
 # Issue 12: hostile input at scale. Each route gets HOSTILE_EXAMPLES generated bad requests, made by

@@ -98,3 +98,21 @@ def test_max_batch_size_caps_a_batch(size):
         return model.batches
 
     assert all(len(b) <= size for b in asyncio.run(main()))
+
+
+def test_a_token_budget_cuts_a_batch_and_the_item_over_it_leads_the_next():
+    """`serve.apps[].max_call_tokens` (issue 12): a batch stops before its items' cost passes the
+    budget, the item that would pass it leads the next batch (first come, first served), and an item
+    over the budget alone still rides alone (the replica refuses those before they queue)."""
+
+    async def main() -> list[list[int]]:
+        model = FakeModel(seconds=0.02)
+        batcher = Batcher(model, max_batch_size=8, cost=lambda i: i, budget=10)
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.005)  # the model is busy with [0]: the rest queue in this order
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (4, 5, 6, 3, 1, 12, 2)]
+        assert await first == 0
+        assert await asyncio.gather(*rest) == [8, 10, 12, 6, 2, 24, 4]
+        return model.batches
+
+    assert asyncio.run(main()) == [[0], [4, 5], [6, 3, 1], [12], [2]]

@@ -90,3 +90,28 @@ def test_an_over_long_chat_is_refused_naming_messages_not_cut_from_the_front(tin
     replica.args = replica.args.model_copy(update={"max_input_chars": 20})
     over = replica.chat_prompt([{"role": "user", "content": "x" * 21}]).error
     assert over is not None and over.field == "messages[0].content" and "max_input_chars" in over.message
+
+
+def test_a_request_over_the_token_budget_is_refused_before_it_queues_naming_the_limit(tiny_checkpoint):
+    """Issue 12: 64 texts times 64 candidate labels was one model call of 4,096 rows, however long it
+    took; `serve.apps[].max_call_tokens` refuses a request that alone needs more (a 413), and cuts
+    batches of several requests at it."""
+    import asyncio
+
+    from rayformers.serving.args import AppArgs
+    from rayformers.serving.ingress import reply_error
+    from rayformers.serving.replica import ModelReplica
+
+    checkpoint = str(tiny_checkpoint("zero-shot-classification"))
+    replica = ModelReplica(AppArgs(name="zs", checkpoint=checkpoint, max_call_tokens=2_000).model_dump())
+    labels = {"candidate_labels": [f"label {i}" for i in range(64)]}
+    estimate = replica.handler.call_tokens(["a fine film"] * 64, replica.handler.parse_parameters(labels))
+    assert estimate > 2_000
+    refused = asyncio.run(replica.answer(["a fine film"] * 64, labels, None))
+    assert refused.error is not None and refused.error.kind == "too_large"
+    assert f"about {estimate} tokens" in refused.error.message and "max_call_tokens" in refused.error.message
+    error = reply_error(refused)
+    assert (error.status, error.type, error.field) == (413, "too_many_tokens", "inputs")
+    answered = asyncio.run(replica.answer(["a fine film"] * 2, {"candidate_labels": ["good", "bad"]}, None))
+    assert answered.error is None and [len(o["labels"]) for o in answered.outputs] == [2, 2]
+    assert replica._batcher.budget == 2_000
