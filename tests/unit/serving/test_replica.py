@@ -115,3 +115,55 @@ def test_a_request_over_the_token_budget_is_refused_before_it_queues_naming_the_
     answered = asyncio.run(replica.answer(["a fine film"] * 2, {"candidate_labels": ["good", "bad"]}, None))
     assert answered.error is None and [len(o["labels"]) for o in answered.outputs] == [2, 2]
     assert replica._batcher.budget == 2_000
+
+
+def test_a_stream_whose_client_leaves_stops_generating_while_the_batch_beside_it_goes_on(tiny_checkpoint):
+    """Issue 12, streams: Serve closes a stream's generator (or cancels the task reading it) when its
+    HTTP client goes away; the row must stop at the next token, not generate to its limit, while a
+    request batched beside it is still answered in full. The model here takes 10 ms a step and can
+    never end a text by itself (end-of-text is masked), so only the stop can end the stream early."""
+    import asyncio
+    import time
+
+    from rayformers.serving.args import AppArgs
+    from rayformers.serving.replica import ModelReplica
+
+    replica = ModelReplica(
+        AppArgs(
+            name="gen", checkpoint=str(tiny_checkpoint("text-generation")), batch_wait_timeout_s=0.05
+        ).model_dump()
+    )
+    eos = replica.loaded.tokenizer.eos_token_id
+    steps: list[int] = []
+
+    def slow_and_endless(module, args, output):
+        steps.append(output.logits.shape[0])
+        output.logits[..., eos] = float("-inf")
+        time.sleep(0.01)
+
+    replica.loaded.model.register_forward_hook(slow_and_endless)
+    limit = 100
+
+    async def leave(beside_too: bool) -> tuple[int, object]:
+        stream = replica.stream("Once upon", {"max_new_tokens": limit}, None)
+        beside = (
+            asyncio.ensure_future(replica.answer(["Once upon"], {"max_new_tokens": limit}, None))
+            if beside_too
+            else None
+        )
+        first = await stream.__anext__()
+        assert first["delta"]
+        await stream.aclose()  # the client left
+        at_close = len(steps)
+        reply = await beside if beside is not None else None
+        await asyncio.sleep(0.3)  # what a stream that went on would generate meanwhile: some 30 steps
+        return len(steps) - at_close, reply
+
+    # Alone, the stream's generation ends a step or two after its client left, not at its limit.
+    after, _ = asyncio.run(leave(beside_too=False))
+    assert after <= 2, after
+    # Batched beside another request, that request still gets every token it asked for.
+    steps.clear()
+    _, reply = asyncio.run(leave(beside_too=True))
+    assert reply.error is None and reply.usage[0]["completion_tokens"] == limit
+    assert max(steps) == 2  # they did share the forwards
