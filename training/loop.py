@@ -114,11 +114,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from transformers import get_scheduler
 
     from rayformers.manifest import package_versions
-    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, embeds_base, load_model, read_manifest
+    from rayformers.tasks.checkpoint import BASE_MODEL_DIR, MANIFEST, embeds_base, load_model, read_manifest
     from rayformers.tasks.evaluation import evaluate, gather
     from rayformers.training.checkpoint import (
         ResumeError,
         load_training_state,
+        publish_checkpoint,
         resume_differences,
         save_clean_base,
         write_checkpoint,
@@ -140,7 +141,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Resumed: the model comes back from the checkpoint as every reader loads it (full weights, or
         # base + adapter with the adapter and heads trainable), in fp32 for the optimizer's sake.
         with checkpoint.as_directory() as directory:
-            found = read_manifest(directory)
+            try:
+                found = read_manifest(directory)
+            except FileNotFoundError:  # the driver checked it (`resume_point`); its files went since
+                raise ResumeError(
+                    f"train.name: {run.run_name!r} cannot resume: checkpoint {checkpoint.path} has no {MANIFEST} "
+                    "(cut off or damaged); restore that directory, or use a new train.name"
+                ) from None
             differences = resume_differences(found, cfg.data_fingerprint, base_model_name, run.model.method)
             if differences:
                 raise ResumeError(
@@ -252,12 +259,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 versions=package_versions(),
             )
             name = f"checkpoint_{step:06d}"
-            final = f"{cfg.run_dir}/{name}"  # where Ray Train puts it
+            final = f"{cfg.run_dir}/{name}"  # where `publish_checkpoint` puts it
             write_checkpoint(
                 Path(tmp), model, tokenizer, manifest, train.model_dump(mode="json"), state, base_dir, final
             )
+            # Ray Train registers the checkpoint (and a resumed run may pick it) only once this upload
+            # returned; `publish_checkpoint` also keeps a cut-off copy from looking like a checkpoint.
             ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=lambda local, dir_name: publish_checkpoint(
+                    ray.train.get_context().get_storage(), Path(local.path), dir_name
+                ),
             )
 
     for epoch in range(start_epoch, epochs):

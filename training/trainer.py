@@ -27,6 +27,7 @@ from rayformers.data.storage import Location, is_remote
 from rayformers.errors import UserError
 from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
+from rayformers.training.checkpoint import resume_point
 from rayformers.training.loop import LoopConfig, train_loop_per_worker
 
 __all__ = [
@@ -286,6 +287,9 @@ def _run(cfg: RunConfig) -> TrainResult:
     check_storage(cfg, sum(1 for node in ray.nodes() if node.get("Alive")))
     name = cfg.run_name
     storage, run_dir = writable_run_dir(cfg)
+    # A run under a used name resumes from Ray Train's snapshot: checked here, before tokenizing and before
+    # any worker starts, so a damaged one fails once, naming the checkpoint, not on every worker restart.
+    resume_point(run_dir, name)
     manifest = _tokenize_once(cfg, run_dir)
     stages["data_ready"] = time.time() - launched_at
     # Training workers hold their CPUs for the whole run: reading the shards reserves none, so it never
@@ -359,7 +363,7 @@ def _run(cfg: RunConfig) -> TrainResult:
         "data": manifest.model_dump(mode="json")["splits"],
     }
     summary_path = run_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_whole(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
     _link_best(run_dir, best[0])
     return TrainResult(best_checkpoint=best[0], best_metrics=best[1], summary_path=str(summary_path))
 
@@ -397,12 +401,26 @@ def _history(checkpoint: Location, stages: dict[str, float]) -> dict[str, Any]:
     }
 
 
+def _write_whole(path: Location, text: str) -> None:
+    """Write `path` so that a reader sees the old file or the new one, never half of it: on local or NFS
+    storage under a temporary name, then renamed; an object store's upload appears only once complete."""
+    if not path.local:
+        path.write_text(text)
+        return
+    partial = Path(f"{path.path}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path.path)
+
+
 def _link_best(run_dir: Location, checkpoint: str) -> None:
     """`<run>/best` points at the best checkpoint, so configs can name it before the run exists. Object
-    stores have no links: there `summary.json` and the run's last line name it."""
+    stores have no links: there `summary.json` and the run's last line name it. The new link replaces
+    the old one in one rename: a replica starting meanwhile finds one of the two, never no `best`."""
     if not run_dir.local:
         return
     link = Path(run_dir.path) / "best"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(os.path.relpath(checkpoint, run_dir.path))
+    partial = link.with_name("best.partial")
+    if partial.is_symlink() or partial.exists():
+        partial.unlink()
+    partial.symlink_to(os.path.relpath(checkpoint, run_dir.path))
+    os.replace(partial, link)

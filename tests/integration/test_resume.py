@@ -1,5 +1,6 @@
 """Fault tolerance: a killed worker and a stopped-then-rerun job both continue from the latest
-checkpoint instead of starting over, and finish at the configured step."""
+checkpoint instead of starting over, and finish at the configured step; a cut-off checkpoint upload
+in the run's storage is never resumed (issue 12)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rayformers.loading import load_config
+from rayformers.training.checkpoint import RAY_SNAPSHOT
 from rayformers.training.trainer import run_training
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -60,8 +62,28 @@ def test_a_killed_worker_resumes_and_a_rerun_with_the_same_name_continues(tmp_pa
     assert summary["resumed_from"] and summary["resumed_from"][0] >= 10
     assert summary["history"][-1]["step"] == 60
 
+    # Every checkpoint left in storage is whole (its manifest is copied last), and none is left under
+    # the hidden name a checkpoint is copied to before its rename.
+    run = tmp_path / "killed"
+    assert not list(run.glob(".*.partial")), sorted(p.name for p in run.iterdir())
+    kept = sorted(run.glob("checkpoint_0*"))
+    assert kept and all(
+        (c / "rayformers.json").is_file() and (c / "model.safetensors").is_file() for c in kept
+    )
+
+    # An upload cut off (say the node died) after the run: a later name holding the manifest, as Ray's own
+    # copy (in no order) could leave it, and part of the weights. Ray never registered it.
+    cut = run / "checkpoint_999999"
+    cut.mkdir()
+    (cut / "rayformers.json").write_text((kept[-1] / "rayformers.json").read_text())
+    (cut / "model.safetensors").write_bytes((kept[-1] / "model.safetensors").read_bytes()[:100])
+
     # The run finished. Started again under the same name with more steps, it continues from step 60
-    # (model, optimizer, scheduler and history from that checkpoint) rather than starting over.
+    # (model, optimizer, scheduler and history from that checkpoint) rather than starting over, and
+    # never from the cut-off directory.
     again = summary_of(run_training(config(tmp_path, "killed", 70)))
     assert again["resumed_from"] == [*summary["resumed_from"], 60]
     assert [h["step"] for h in again["history"]] == [*[h["step"] for h in summary["history"]], 70]
+    assert (
+        again["best_checkpoint"] != str(cut) and "checkpoint_999999" not in (run / RAY_SNAPSHOT).read_text()
+    )
