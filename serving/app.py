@@ -17,7 +17,7 @@ from rayformers.serving.access import env_keys
 from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs, HttpArgs
 from rayformers.serving.errors import CheckpointError
 from rayformers.tasks import get_task
-from rayformers.tasks.checkpoint import MANIFEST, read_manifest
+from rayformers.tasks.checkpoint import MANIFEST, read_manifest, resolve_checkpoint
 
 __all__ = [
     "GATEWAY",
@@ -37,7 +37,7 @@ _RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
 def task_of(args: AppArgs) -> str:
     """The app's task: as configured, else as the checkpoint's manifest says (local or cloud)."""
     try:
-        recorded: str | None = read_manifest(args.checkpoint).task
+        recorded: str | None = read_manifest(resolve_checkpoint(args.checkpoint)).task
     except FileNotFoundError:
         recorded = None
     except (OSError, ValueError) as err:  # unreachable storage, or no filesystem for its scheme

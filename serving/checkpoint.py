@@ -22,7 +22,14 @@ from rayformers.manifest import CheckpointManifest, LabelMap, PreprocessSettings
 from rayformers.serving.errors import CheckpointError, UnknownAdapterError
 from rayformers.tasks import TASK_NAMES, get_task
 from rayformers.tasks.base import Task
-from rayformers.tasks.checkpoint import ADAPTER_CONFIG, DEFAULT_ADAPTER, MANIFEST, load_model, read_manifest
+from rayformers.tasks.checkpoint import (
+    ADAPTER_CONFIG,
+    DEFAULT_ADAPTER,
+    MANIFEST,
+    load_model,
+    read_manifest,
+    resolve_checkpoint,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -205,6 +212,7 @@ def load_checkpoint(
     adapter into the base weights (faster, but then no other adapters can be added); `adapters` maps
     extra adapter names to LoRA checkpoint directories trained on the same base.
     """
+    path = resolve_checkpoint(path)
     with local_copy(path) as root:  # a cloud checkpoint's copy goes once the model is in memory
         manifest = _read_manifest(root)
         spec = _task(root, manifest, task)

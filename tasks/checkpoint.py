@@ -41,6 +41,7 @@ __all__ = [
     "point_adapter_at_base",
     "pool",
     "read_manifest",
+    "resolve_checkpoint",
     "write_manifest",
 ]
 
@@ -58,8 +59,41 @@ DEFAULT_ADAPTER = "default"
 """peft's name for the adapter a LoRA checkpoint itself holds."""
 
 
+BEST = "best"
+"""A run directory's name for its best checkpoint: a link on local storage, so configs can name it before
+the run exists. Object stores have no links: there `resolve_checkpoint` reads it from the run summary."""
+RUN_SUMMARY = "summary.json"
+"""What a finished run writes in its directory: config, best checkpoint and metrics, history."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that cannot be used as asked: missing, malformed, or not the task requested."""
+
+
+def resolve_checkpoint(path: str) -> str:
+    """`path` as a checkpoint directory: a run's `<run>/best` on an object store (which has no links) is
+    the checkpoint its `summary.json` names; anything else is `path` itself."""
+    from rayformers.data.storage import Location, is_remote
+
+    if not is_remote(path):
+        return path
+    where = Location.parse(path)
+    if where.path.rstrip("/").rsplit("/", 1)[-1] != BEST or where.exists():
+        return path
+    run = where.at(where.path.rstrip("/").rsplit("/", 1)[0])
+    summary = run / RUN_SUMMARY
+    try:
+        best = json.loads(summary.read_text())["best_checkpoint"]
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"checkpoint {path!r}: object stores have no {BEST!r} link, and {summary} does not exist: the run "
+            "has not finished; serve one of its checkpoint_NNNNNN directories, or wait for it to end"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path!r}: {summary} does not name the best checkpoint ({err})"
+        ) from None
+    return str(best)
 
 
 def read_manifest(where: str | Path | Location) -> CheckpointManifest:

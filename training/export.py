@@ -16,6 +16,7 @@ from rayformers.tasks.checkpoint import (
     load_model,
     point_adapter_at_base,
     read_manifest,
+    resolve_checkpoint,
     write_manifest,
 )
 
@@ -30,7 +31,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merge_lora: bool 
     """Write `out`: everything a model needs, without optimizer state; `merge_lora` folds the adapter
     into the base weights so the result loads without peft. Either side may be cloud storage
     (`s3://`, `gs://`): a remote checkpoint is downloaded first, a remote `out` uploaded last."""
-    source, target = Location.parse(checkpoint), Location.parse(out)
+    source, target = Location.parse(resolve_checkpoint(str(checkpoint))), Location.parse(out)
     if not (source / MANIFEST).exists():
         raise ExportError(f"{checkpoint} has no {MANIFEST}: it is not a rayformers checkpoint")
     if target.exists() and not target.is_empty_dir():

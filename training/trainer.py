@@ -27,6 +27,7 @@ from rayformers.data.storage import Location, is_remote
 from rayformers.errors import UserError
 from rayformers.manifest import DataManifest
 from rayformers.tasks import get_task
+from rayformers.tasks.checkpoint import BEST, RUN_SUMMARY
 from rayformers.training.checkpoint import resume_point
 from rayformers.training.loop import LoopConfig, train_loop_per_worker
 
@@ -362,7 +363,7 @@ def _run(cfg: RunConfig) -> TrainResult:
         **_history(storage.at(latest), stages),
         "data": manifest.model_dump(mode="json")["splits"],
     }
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / RUN_SUMMARY
     _write_whole(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
     _link_best(run_dir, best[0])
     return TrainResult(best_checkpoint=best[0], best_metrics=best[1], summary_path=str(summary_path))
@@ -418,7 +419,7 @@ def _link_best(run_dir: Location, checkpoint: str) -> None:
     the old one in one rename: a replica starting meanwhile finds one of the two, never no `best`."""
     if not run_dir.local:
         return
-    link = Path(run_dir.path) / "best"
+    link = Path(run_dir.path) / BEST
     partial = link.with_name("best.partial")
     if partial.is_symlink() or partial.exists():
         partial.unlink()

@@ -56,6 +56,12 @@ def test_training_into_s3_and_serving_from_it(s3_uri, tmp_path):
     handler = TextClassificationHandler(load_checkpoint(best))
     out = handler.predict(["a wonderful, moving film"], {})
     assert out[0]["label"] in ("negative", "positive")
+    # `<run>/best`, what the default app and the k8s configs serve, names it on an object store too
+    # (which has no links): read from the run's summary.
+    assert not (run / "best").exists()
+    assert task_of(AppArgs(name="cloud", checkpoint=str(run / "best"))) == "text-classification"
+    again = TextClassificationHandler(load_checkpoint(str(run / "best")))
+    assert again.predict(["a wonderful, moving film"], {}) == out
 
     # `rayformers export` takes the s3:// checkpoint the run printed, to a local or an s3:// directory
     from rayformers.tasks.checkpoint import read_manifest

@@ -244,3 +244,22 @@ def test_package_exports_resolve_lazily():
 def test_checkpoint_path_is_a_path_or_str(tiny_checkpoint):
     path: Path = tiny_checkpoint("feature-extraction")
     assert load_checkpoint(str(path)).path == str(path)
+
+
+def test_a_runs_best_on_an_object_store_is_the_checkpoint_its_summary_names(s3_uri):
+    """Object stores have no links, so `<run>/best` (the default app's and the k8s configs' checkpoint)
+    did not exist there; it is read from the run's summary.json, and before the run ends it is an error
+    that says so."""
+    import json
+
+    from rayformers.data.storage import Location
+    from rayformers.tasks.checkpoint import resolve_checkpoint
+
+    run = Location.parse(s3_uri("runs/demo"))
+    with pytest.raises(CheckpointError, match=r"no 'best' link.*has not finished"):
+        resolve_checkpoint(str(run / "best"))
+    best = str(run / "checkpoint_000040")
+    (run / "summary.json").write_text(json.dumps({"best_checkpoint": best}))
+    assert resolve_checkpoint(str(run / "best")) == best
+    assert resolve_checkpoint(best) == best  # anything else is itself
+    assert resolve_checkpoint("/local/run/best") == "/local/run/best"  # a local `best` is a link
