@@ -31,9 +31,12 @@ from rayformers.tasks.checkpoint import (
     point_adapter_at_base,
     write_manifest,
 )
+from rayformers.training.card import model_card
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint
+
+    from rayformers.config import RunConfig
 
 __all__ = [
     "RAY_SNAPSHOT",
@@ -53,44 +56,6 @@ PARTIAL = ".partial"
 """The suffix of the hidden name a checkpoint is copied under on local or NFS storage before its rename."""
 
 
-def _card(manifest: CheckpointManifest, hyperparameters: dict[str, Any]) -> str:
-    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(manifest.metrics.items())) or "| - | - |"
-    labels = manifest.preprocessing.labels.names if manifest.preprocessing.labels else None
-    return f"""---
-library_name: {"peft" if manifest.method == "lora" else "transformers"}
-pipeline_tag: {manifest.task}
-tags: [rayformers]
----
-
-# {manifest.task} ({manifest.method} fine-tuning of `{manifest.base_model}`)
-
-Trained with rayformers on Ray Train. Step {manifest.step}, epoch {manifest.epoch}.
-
-## Metrics (validation split)
-
-| metric | value |
-| --- | --- |
-{metrics}
-
-## Data and preprocessing
-
-- max length: {manifest.preprocessing.max_length}; labels: {labels}
-- data fingerprint: `{manifest.data_fingerprint}`
-
-## Hyperparameters
-
-```json
-{json.dumps(hyperparameters, indent=2, default=str)}
-```
-
-## Use
-
-```bash
-rayformers serve --checkpoint <this directory>
-```
-"""
-
-
 def write_checkpoint(
     directory: Path,
     model: Any,
@@ -100,10 +65,12 @@ def write_checkpoint(
     training_state: dict[str, Any],
     base_model_dir: Path | None = None,
     final: str | None = None,
+    run: RunConfig | None = None,
 ) -> Path:
     """Write a complete checkpoint into `directory` (rank 0 only). A LoRA run's own base (`base_model_dir`)
     goes into `base_model/` with the tokenizer; when the checkpoint's lasting place `final` is a local path,
-    the adapter config names that base, for Hugging Face's loaders."""
+    the adapter config names that base, for Hugging Face's loaders. The model card describes `run` (the
+    run config that trained it), where known."""
     core = model.module if hasattr(model, "module") else model
     directory.mkdir(parents=True, exist_ok=True)
     core.save_pretrained(directory)
@@ -113,7 +80,7 @@ def write_checkpoint(
         tokenizer.save_pretrained(directory / BASE_MODEL_DIR)
         point_adapter_at_base(directory, final if final is not None and not is_remote(final) else None)
     write_manifest(manifest, directory)
-    (directory / MODEL_CARD).write_text(_card(manifest, hyperparameters), encoding="utf-8")
+    (directory / MODEL_CARD).write_text(model_card(manifest, run, hyperparameters), encoding="utf-8")
     torch.save(training_state, directory / TRAINING_STATE)
     return directory
 

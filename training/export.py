@@ -19,6 +19,7 @@ from rayformers.tasks.checkpoint import (
     resolve_checkpoint,
     write_manifest,
 )
+from rayformers.training.card import merged_card
 
 __all__ = ["ExportError", "export_checkpoint"]
 
@@ -65,8 +66,4 @@ def _export(checkpoint: Path, out: Path, merge_lora: bool, final: str | None) ->
     write_manifest(manifest.model_copy(update={"method": "full"}), out)
     card = checkpoint / MODEL_CARD
     if card.exists():
-        (out / MODEL_CARD).write_text(
-            card.read_text(encoding="utf-8").replace("library_name: peft", "library_name: transformers")
-            + "\nExported with `rayformers export --merge-lora`: the adapter is merged into the base weights.\n",
-            encoding="utf-8",
-        )
+        (out / MODEL_CARD).write_text(merged_card(card.read_text(encoding="utf-8")), encoding="utf-8")

@@ -261,7 +261,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             name = f"checkpoint_{step:06d}"
             final = f"{cfg.run_dir}/{name}"  # where `publish_checkpoint` puts it
             write_checkpoint(
-                Path(tmp), model, tokenizer, manifest, train.model_dump(mode="json"), state, base_dir, final
+                Path(tmp),
+                model,
+                tokenizer,
+                manifest,
+                train.model_dump(mode="json"),
+                state,
+                base_dir,
+                final,
+                run,
             )
             # Ray Train registers the checkpoint (and a resumed run may pick it) only once this upload
             # returned; `publish_checkpoint` also keeps a cut-off copy from looking like a checkpoint.
