@@ -188,3 +188,48 @@ def train_tokenizer(
     )
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+RETRAIN_BATCH = 1000
+"""Texts handed to the trainer at a time when retraining: the corpus is streamed, never held whole."""
+
+
+def retrain_tokenizer(
+    texts: Iterable[str],
+    out_dir: str | Path,
+    base: str,
+    *,
+    vocab_size: int,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerFast:
+    """Retrain the tokenizer `base` (a hub id or a directory) on `texts` with a new vocabulary of
+    `vocab_size`, as the Hugging Face course retrains GPT-2's on code (`train_new_from_iterator`): the
+    same normalizer, pre-tokenizer, model kind, special tokens and template, new merges and pieces.
+    Saves it to `out_dir` and returns it, as `AutoTokenizer` loads it back."""
+    from itertools import islice
+
+    from transformers import AutoTokenizer
+
+    from rayformers.data.rows import DataError
+
+    try:
+        original = AutoTokenizer.from_pretrained(base, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"--from {base!r}: no tokenizer could be loaded ({str(err).splitlines()[0]}); give a hub id or a "
+            "directory with tokenizer files"
+        ) from None
+    if not getattr(original, "is_fast", False):
+        raise DataError(
+            f"--from {base!r}: its tokenizer has no fast (Rust) version, which retraining needs; pick a "
+            "tokenizer with a tokenizer.json"
+        )
+    specials = len(original.all_special_tokens)
+    if vocab_size <= specials:
+        raise DataError(f"--vocab-size {vocab_size}: {base!r} alone has {specials} special tokens; use more")
+    stream = iter(texts)
+    batches = iter(lambda: list(islice(stream, RETRAIN_BATCH)), [])
+    retrained = original.train_new_from_iterator(batches, vocab_size=vocab_size)
+    retrained.save_pretrained(str(out_dir))
+    return retrained  # type: ignore[no-any-return]

@@ -148,3 +148,30 @@ def test_bpe_targets_end_with_eos_and_mask_absorbs_its_space(trained: tuple[str,
 def test_bad_arguments_say_what_to_use(tmp_path: Path, kind: str, vocab_size: int) -> None:
     with pytest.raises(ValueError, match="use"):
         train_tokenizer(["a b c"], tmp_path, kind=kind, vocab_size=vocab_size)  # type: ignore[arg-type]
+
+
+def test_a_tokenizer_retrained_on_code_splits_identifiers_into_fewer_tokens(tmp_path: Path) -> None:
+    """Issue 13, as the course retrains GPT-2's tokenizer on Python: the zoo's GPT-2 tokenizer retrained
+    (`--from`) on this repository's own code keeps its pipeline and special tokens and splits an
+    identifier-heavy line it never saw into far fewer tokens."""
+    from transformers import AutoTokenizer
+
+    from rayformers.data.tokenizer_training import retrain_tokenizer
+    from tests.zoo import REPO, standin
+
+    base = standin("gpt2", tmp_path / "gpt2")
+    corpus = (
+        line for path in sorted((REPO / "serving").glob("*.py")) for line in path.read_text().splitlines()
+    )
+    retrain_tokenizer(corpus, tmp_path / "code", str(base), vocab_size=3000)
+    original, code = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(tmp_path / "code")
+    line = (
+        "    replica_handler = build_handler(loaded_checkpoint, max_batch_tokens=self.args.max_batch_tokens)"
+    )
+    before, after = len(original.tokenize(line)), len(code.tokenize(line))
+    print(f"GPT-2 stand-in: {before} tokens; retrained on code: {after}")
+    assert after < before * 0.6, (before, after)
+    assert code.all_special_tokens == original.all_special_tokens and code.eos_token == original.eos_token
+    assert type(code.backend_tokenizer.pre_tokenizer) is type(original.backend_tokenizer.pre_tokenizer)
+    assert code.decode(code(line)["input_ids"]) == original.decode(original(line)["input_ids"]) == line
+    assert len(code) <= 3000 and code.backend_tokenizer.model.__class__.__name__ == "BPE"
