@@ -362,6 +362,8 @@ def _run(cfg: RunConfig) -> TrainResult:
         "best_metrics": best[1],
         **_history(storage.at(latest), stages),
         "data": manifest.model_dump(mode="json")["splits"],
+        "started_at": launched_at,
+        "finished_at": time.time(),
     }
     summary_path = run_dir / RUN_SUMMARY
     _write_whole(summary_path, json.dumps(summary, indent=2, default=str) + "\n")

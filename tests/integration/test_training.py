@@ -58,6 +58,21 @@ def test_each_run_writes_its_tensorboard_events_to_a_folder_of_its_own(runs):
         assert list(attempts[0].glob("events.out.tfevents.*"))
 
 
+def test_the_run_history_lists_the_runs_this_suite_just_made(runs):
+    """Issue 13: `rayformers runs list` reads the summaries these runs wrote."""
+    from rayformers.training.runs import list_runs
+
+    storage = Path(runs["full"].summary_path).parent.parent
+    listed = {r.name: r for r in list_runs(str(storage))}
+    for method, result in runs.items():
+        record = listed[f"text-classification-{method}"]
+        assert (
+            record.status == "finished" and record.method == method and record.task == "text-classification"
+        )
+        assert record.best_checkpoint == result.best_checkpoint and record.metric == "accuracy"
+        assert record.best_value == result.best_metrics["accuracy"] and record.duration_s > 0
+
+
 def test_checkpoint_files_are_exactly_these(runs):
     full = {p.name for p in Path(runs["full"].best_checkpoint).iterdir()}
     assert full == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
