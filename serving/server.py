@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from rayformers.config import ClusterConfig, ServeConfig
 from rayformers.serving.args import AppArgs, GatewayArgs
 
-__all__ = ["STOP_SIGNALS", "Served", "block_stop_signals", "deploy", "serve_until_stopped"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "Served", "block_stop_signals", "deploy", "serve_until_stopped"]
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+POLL_S = 0.5
+"""How often a deploy looks at its apps' status while they load, and so how soon it sees a stop signal."""
 
 
 def block_stop_signals() -> None:
@@ -21,6 +24,28 @@ def block_stop_signals() -> None:
     inherit the mask, so none of Ray's own threads (whose crash handler turns SIGTERM into an abort)
     ever receives them."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a deploy, and what it had started is taken down. `signum` is the
+    signal: the CLI exits with 128 + signum (130 for SIGINT, 143 for SIGTERM), as a shell does."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name} stopped the deploy before every app was running; "
+            "what it had started is shut down"
+        )
+
+
+def _take_stop_signal(wait_s: float) -> None:
+    """Wait up to `wait_s` for a held (`block_stop_signals`) Ctrl-C or SIGTERM; raise `Interrupted` if
+    one came."""
+    received = signal.sigtimedwait(STOP_SIGNALS, wait_s)
+    if received is not None:
+        name = signal.Signals(received.si_signo).name
+        print(f"[rayformers] {name}: stopping the deploy and taking down what it started ...", flush=True)
+        raise Interrupted(received.si_signo)
 
 
 class Served:
@@ -48,9 +73,15 @@ def deploy(
     apps: list[AppArgs],
     cluster: ClusterConfig,
     progress: Callable[[str], None] = print,
+    stoppable: bool = False,
 ) -> Served:
     """Start or join Ray, start Serve on the configured host and port, and deploy `apps` + the gateway.
-    Returns once every app answers."""
+    Returns once every app answers; on any failure, takes down what it had started first.
+
+    `stoppable`: the process holds its stop signals (`block_stop_signals`), and Ctrl-C or SIGTERM stops
+    the deploy (raising `Interrupted`) between its steps, or within `POLL_S` while the apps load.
+    Without it a held signal waits, unheard, until every replica has loaded (forever, for a replica that
+    cannot be placed)."""
     from ray import serve
 
     from rayformers.cluster import connect
@@ -65,9 +96,15 @@ def deploy(
         for a in apps
     ]
     config = deploy_config(serve_cfg, apps)
-    session = connect(cluster)
+    # The signals are taken here, in the thread that deploys, not in a second one: an embedded Ray's
+    # processes die with the thread that spawned them (their parent-death signal), and a Ray call waiting
+    # in one thread while another shuts Ray down ends in SystemExit(0) or in Ray's hard exit.
+    pause: Callable[[float], None] = _take_stop_signal if stoppable else time.sleep
+    session = connect(cluster)  # a signal during Ray's start is held, and taken just below
     try:
+        pause(0)
         serve.start(http_options=config["http_options"], proxy_location=config["proxy_location"])
+        pause(0)
         base = _base_url(serve_cfg.host, serve_cfg.port)
         urls, targets = {}, []
         for app in config["applications"]:
@@ -78,15 +115,41 @@ def deploy(
                 target = build_app(AppArgs.model_validate(app["args"]))
                 urls[app["name"]] = f"{base}{app['route_prefix']}"
             targets.append(serve.RunTarget(target, name=app["name"], route_prefix=app["route_prefix"]))
-        # All apps start together (their replicas load in parallel); this returns once every one runs.
-        serve.run_many(targets)
+        pause(0)
+        # All apps start together (their replicas load in parallel). Serve's own wait for them cannot be
+        # stopped but by shutting Serve down under it: this function waits itself, and takes the signals.
+        serve.run_many(targets, wait_for_applications_running=False)
+        _wait_until_running([t.name for t in targets], pause)
     except BaseException:
         try:
-            serve.shutdown()
+            # An embedded Ray takes its Serve down with it; Serve's graceful shutdown would first wait
+            # out the grace period (20 s) of every replica still waiting to be placed.
+            if not (session.owned and session.address is None):
+                serve.shutdown()
         finally:
             session.close()
         raise
     return Served(session, urls, base)
+
+
+def _wait_until_running(names: list[str], pause: Callable[[float], None]) -> None:
+    """Return once every app in `names` is RUNNING, as `serve.run` waits; an app whose deploy failed
+    raises Serve's own error. `pause(POLL_S)` between looks."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    waiting = list(names)
+    while True:
+        statuses = serve.status().applications
+        for name in list(waiting):
+            app = statuses.get(name)
+            if app is not None and app.status == ApplicationStatus.RUNNING:
+                waiting.remove(name)
+            elif app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+                raise RuntimeError(f"Deploying application {name} failed: {app.message}")
+        if not waiting:
+            return
+        pause(POLL_S)
 
 
 def serve_until_stopped(served: Served, print_: Callable[[str], None] = print) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -210,7 +211,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve_cfg, apps, cluster = _serve_setup(args)
     block_stop_signals()
-    served = deploy(serve_cfg, apps, cluster)
+    served = deploy(serve_cfg, apps, cluster, stoppable=True)
     serve_until_stopped(served)
     return 0
 
@@ -448,9 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(err.render(), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # Ctrl-C; or a stop signal that ended a deploy (serving.server.Interrupted, which names it).
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except Exception as err:
         found = _user_error(err)
         if found is None:

@@ -105,7 +105,10 @@ def run_quickstart(workdir: Path, *, port: int = 8000, keep_serving: bool = Fals
             f"evaluation on the validation split: {json.dumps(metrics)}; checkpoint: {result.best_checkpoint}",
         )
         app = ServeAppConfig(name="sentiment", checkpoint=result.best_checkpoint, num_cpus=0.5)
-        served = deploy(cfg.serve, checked(cfg.serve, [app]), cfg.cluster, progress=lambda _: None)
+        # --keep-serving holds the stop signals: the deploy takes them, or Ctrl-C waits for its end.
+        served = deploy(
+            cfg.serve, checked(cfg.serve, [app]), cfg.cluster, progress=lambda _: None, stoppable=keep_serving
+        )
         url = served.urls["sentiment"]
         _say(4, f"serving the checkpoint with Ray Serve at {url}")
         try:
