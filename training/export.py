@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rayformers.data.storage import Location
 from rayformers.errors import UserError
@@ -21,7 +22,7 @@ from rayformers.tasks.checkpoint import (
 )
 from rayformers.training.card import merged_card
 
-__all__ = ["ExportError", "export_checkpoint"]
+__all__ = ["ExportError", "export_checkpoint", "push_to_hub"]
 
 
 class ExportError(UserError):
@@ -67,3 +68,51 @@ def _export(checkpoint: Path, out: Path, merge_lora: bool, final: str | None) ->
     card = checkpoint / MODEL_CARD
     if card.exists():
         (out / MODEL_CARD).write_text(merged_card(card.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def push_to_hub(
+    checkpoint: str | Path,
+    repo_id: str,
+    *,
+    merge_lora: bool = False,
+    private: bool = False,
+    out: str | Path | None = None,
+    api: Any = None,
+) -> str:
+    """Export `checkpoint` (as `export_checkpoint` does) and upload the folder to the Hugging Face model
+    repo `repo_id`, creating it if new; returns the repo's URL. `out` keeps the exported folder (local);
+    `api` is a `huggingface_hub.HfApi` (the default one reads HF_TOKEN or the saved login)."""
+    from rayformers.data.storage import is_remote
+
+    source = Location.parse(resolve_checkpoint(str(checkpoint)))
+    manifest = read_manifest(source)
+    if manifest.method == "lora" and not merge_lora and manifest.base_model == BASE_MODEL_DIR:
+        raise ExportError(
+            f"{checkpoint}: its LoRA adapter's base is the checkpoint's own {BASE_MODEL_DIR}/ copy, which a Hub "
+            "repo cannot point at; add --merge-lora to upload a standalone model"
+        )
+    if out is not None and is_remote(str(out)):
+        raise ExportError(
+            f"--out {str(out)!r}: with --push-to-hub the export is kept on local disk; give a local path"
+        )
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    with tempfile.TemporaryDirectory(prefix="rayformers-push-") as staging:
+        folder = Path(out) if out is not None else Path(staging) / "model"
+        export_checkpoint(str(source), folder, merge_lora=merge_lora)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id,
+                repo_type="model",
+                folder_path=str(folder),
+                commit_message=f"Upload {manifest.task} model exported by rayformers",
+            )
+        except Exception as err:  # the Hub's HTTP errors, a network that is down, a missing token
+            raise ExportError(
+                f"--push-to-hub {repo_id!r}: the upload failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                "check the repo name, that HF_TOKEN (or `hf auth login`) has write access, and the network"
+            ) from None
+    return f"https://huggingface.co/{repo_id}"

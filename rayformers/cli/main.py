@@ -142,11 +142,22 @@ def _cmd_data_tokenize(args: argparse.Namespace) -> int:
 def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
     from rayformers.cluster import connect
     from rayformers.data.corpus import stream_texts
-    from rayformers.data.tokenizer_training import train_tokenizer
+    from rayformers.data.tokenizer_training import retrain_tokenizer, train_tokenizer
 
     cfg = load_config(args.config, args.overrides)
     with connect(cfg.cluster):
         texts = stream_texts(cfg.data, cfg.model.task, args.column)
+        if args.base is not None:
+            tokenizer = retrain_tokenizer(
+                texts,
+                args.out,
+                args.base,
+                vocab_size=args.vocab_size,
+                revision=cfg.model.tokenizer_revision,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+            print(f"retrained {args.base}'s tokenizer with {len(tokenizer)} tokens -> {args.out}")
+            return 0
         tokenizer = train_tokenizer(
             texts, args.out, kind=args.kind, vocab_size=args.vocab_size, model_max_length=cfg.data.max_length
         )
@@ -168,10 +179,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rayformers.training.export import export_checkpoint
+    from rayformers.training.export import ExportError, export_checkpoint, push_to_hub
 
-    out = export_checkpoint(args.checkpoint, args.out, merge_lora=args.merge_lora)
-    print(out)
+    if args.push_to_hub is None:
+        if args.out is None:
+            raise ExportError("--out is required (or --push-to-hub REPO to upload the export instead)")
+        print(export_checkpoint(args.checkpoint, args.out, merge_lora=args.merge_lora))
+        return 0
+    url = push_to_hub(
+        args.checkpoint, args.push_to_hub, merge_lora=args.merge_lora, private=args.private, out=args.out
+    )
+    print(url)
+    return 0
+
+
+def _cmd_runs_list(args: argparse.Namespace) -> int:
+    from rayformers.training.runs import list_runs
+
+    runs = list_runs(args.storage)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=2))
+        return 0
+    rows = [
+        (
+            r.name,
+            r.status,
+            r.task or "-",
+            r.model or "-",
+            r.method or "-",
+            f"{r.metric}={r.best_value:.4f}" if r.metric and r.best_value is not None else "-",
+            f"{r.duration_s:.0f}s" if r.duration_s is not None else "-",
+            r.best_checkpoint or f"({r.checkpoints} checkpoints)",
+        )
+        for r in runs
+    ]
+    header = ("NAME", "STATUS", "TASK", "MODEL", "METHOD", "BEST", "DURATION", "BEST CHECKPOINT")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print(
+            "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False))
+            + f"  {row[-1]}"
+        )
+    if not rows:
+        print(f"(no runs under {args.storage})")
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from rayformers.training.runs import show_run
+
+    print(json.dumps(show_run(args.storage, args.name), indent=2, default=str))
     return 0
 
 
@@ -330,11 +387,34 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="Write a standalone model from a checkpoint.")
     export.add_argument("checkpoint", help="A checkpoint directory written by `rayformers train`.")
-    export.add_argument("--out", required=True, help="Output directory (new or empty).")
+    export.add_argument("--out", default=None, help="Output directory (new or empty).")
     export.add_argument(
         "--merge-lora", action="store_true", help="Merge a LoRA adapter into its base weights."
     )
+    export.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="Upload the export to this Hugging Face model repo (created if new; HF_TOKEN or `hf auth "
+        "login` authenticates); --out then keeps a local copy too.",
+    )
+    export.add_argument("--private", action="store_true", help="With --push-to-hub: create the repo private.")
     export.set_defaults(run=_cmd_export)
+
+    runs = commands.add_parser("runs", help="The runs under a storage path: status, best metric, checkpoint.")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    listing = runs_commands.add_parser("list", help="Every run, finished ones newest first.")
+    show = runs_commands.add_parser("show", help="One run in full: summary, metrics and history (JSON).")
+    show.add_argument("name", help="The run's name (train.name, or <task>-<method>).")
+    for command in (listing, show):
+        command.add_argument(
+            "--storage",
+            default="runs",
+            help="train.storage_path: a local path, s3:// or gs:// (default: runs).",
+        )
+    listing.add_argument("--json", action="store_true", help="One JSON record per run.")
+    listing.set_defaults(run=_cmd_runs_list)
+    show.set_defaults(run=_cmd_runs_show)
 
     serve = commands.add_parser(
         "serve",
@@ -354,7 +434,8 @@ def _parser() -> argparse.ArgumentParser:
         "--task", help="Task for --checkpoint, needed for a directory without rayformers.json."
     )
     serve.set_defaults(run=_cmd_serve)
-    build = commands.add_parser("serve-build", help=argparse.SUPPRESS)
+    # No `help`: argparse then leaves this internal spelling of `serve build` out of `--help`.
+    build = commands.add_parser("serve-build")
     _add_config(build)
     build.add_argument("-o", "--output", required=True, help="File to write ('-' for stdout).")
     build.set_defaults(run=_cmd_serve_build)
@@ -376,10 +457,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(tokenize)
     tokenize.add_argument("--out", required=True, help="Output directory.")
     tokenize.set_defaults(run=_cmd_data_tokenize)
-    train_tok = data_commands.add_parser("train-tokenizer", help="Train a WordPiece or BPE tokenizer.")
+    train_tok = data_commands.add_parser(
+        "train-tokenizer", help="Train a WordPiece or BPE tokenizer, or retrain one (--from) on the corpus."
+    )
     _add_config(train_tok)
     train_tok.add_argument("--out", required=True, help="Directory to save the tokenizer in.")
     train_tok.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece")
+    train_tok.add_argument(
+        "--from",
+        dest="base",
+        default=None,
+        metavar="TOKENIZER",
+        help="Retrain this tokenizer (a hub id or directory) on the corpus: its normalizer, pre-tokenizer, "
+        "special tokens and template, with a new vocabulary of --vocab-size (--kind is then not used).",
+    )
     train_tok.add_argument("--vocab-size", type=int, default=2000)
     train_tok.add_argument(
         "--column", default=None, help="Task column to learn from (default: the task's text)."

@@ -91,3 +91,45 @@ def test_tokenize_and_train_tokenizer_write_what_they_say(tmp_path):
         and tok.decode(tok("the movie was great")["input_ids"], skip_special_tokens=True).strip()
         == "the movie was great"
     )
+    # --from: the tokenizer just trained, retrained on the same corpus with a smaller vocabulary.
+    again = rayformers(
+        "data", "train-tokenizer", "configs/fill-mask/full.yaml", "--out", tmp_path / "re", "--from", tmp_path / "bpe",
+        "--vocab-size", "400",
+    )  # fmt: skip
+    assert again.returncode == 0 and "retrained" in again.stdout, again.stderr[-3000:]
+    retrained = AutoTokenizer.from_pretrained(tmp_path / "re")
+    assert len(retrained) <= 400 and retrained.all_special_tokens == tok.all_special_tokens
+
+
+def test_help_lists_only_public_commands_and_runs_lists_a_storage_path(tmp_path):
+    """Issue 13: `--help` showed `serve-build ==SUPPRESS==`; `runs list` / `runs show` read run summaries."""
+    shown = rayformers("--help")
+    assert shown.returncode == 0 and "SUPPRESS" not in shown.stdout and "serve-build" not in shown.stdout
+    assert "runs" in shown.stdout
+    run = tmp_path / "demo"
+    (run / "checkpoint_000012").mkdir(parents=True)
+    summary = {
+        "config": {"model": {"task": "fill-mask", "name": "distilroberta-base", "method": "full"}},
+        "metric": "perplexity", "mode": "min", "best_checkpoint": str(run / "checkpoint_000012"),
+        "best_metrics": {"perplexity": 12.5}, "started_at": 100.0, "finished_at": 160.0,
+    }  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    listed = rayformers("runs", "list", "--storage", tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    header, line = listed.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["NAME", "STATUS", "TASK"]
+    assert line.split()[:6] == [
+        "demo",
+        "finished",
+        "fill-mask",
+        "distilroberta-base",
+        "full",
+        "perplexity=12.5000",
+    ]
+    assert "60s" in line and line.endswith("checkpoint_000012")
+    shown = rayformers("runs", "show", "demo", "--storage", tmp_path)
+    assert json.loads(shown.stdout)["summary"]["best_metrics"] == {"perplexity": 12.5}
+    missing = rayformers("runs", "show", "nope", "--storage", tmp_path)
+    assert (
+        missing.returncode == 1 and "runs there: demo" in missing.stderr and "Traceback" not in missing.stderr
+    )
