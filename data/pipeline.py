@@ -270,10 +270,12 @@ def build_tokenized(
     trust_remote_code: bool = False,
     labels: LabelMap | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    settings: PreprocessSettings | None = None,
 ) -> TokenizedData:
     """Lazy tokenized train/validation datasets for `task_name`, with the label map recorded.
     `tokenizer`: the one `tokenizer_source` names, if the caller loaded it already (the CLI loads it
-    while Ray starts)."""
+    while Ray starts). `settings`: tokenize with these (a checkpoint's own, to evaluate it as training
+    did) instead of deriving them from `data` and the training split."""
     if data.tokenized is not None:
         return read_tokenized(
             data,
@@ -327,9 +329,10 @@ def build_tokenized(
             ledger=None,
         )[0]
 
-    settings = preprocess_settings(
-        data, task, labels, hub_names, lambda column: _column_values(training_rows(), column)
-    )
+    if settings is None:
+        settings = preprocess_settings(
+            data, task, labels, hub_names, lambda column: _column_values(training_rows(), column)
+        )
     # Loading once on the driver fails fast on a bad tokenizer, before any actor starts.
     if tokenizer is None:
         tokenizer = load_tokenizer(

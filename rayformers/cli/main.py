@@ -193,6 +193,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rayformers.cluster import connect
+    from rayformers.config import ClusterConfig
+    from rayformers.training.scoring import evaluate_checkpoint
+
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    cluster, data = (cfg.cluster, cfg.data) if cfg is not None else (ClusterConfig(), None)
+    with connect(cluster):
+        metrics = evaluate_checkpoint(
+            args.checkpoint, args.data, data_config=data, batch_size=args.batch_size
+        )
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from rayformers.training.runs import list_runs
 
@@ -400,6 +419,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--private", action="store_true", help="With --push-to-hub: create the repo private.")
     export.set_defaults(run=_cmd_export)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="A checkpoint's metrics on a labelled split, as training evaluates; JSON."
+    )
+    evaluate.add_argument(
+        "checkpoint", help="A checkpoint directory (or <run>/best), local or s3:// / gs://."
+    )
+    evaluate.add_argument("--data", required=True, help="The split: a file, glob, directory or cloud URI.")
+    evaluate.add_argument(
+        "--config",
+        default=None,
+        help="A run config whose data section says how to read --data (default: the run's own, from the "
+        "summary.json beside the checkpoint).",
+    )
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="Rows per evaluation batch.")
+    evaluate.add_argument("--output", default="evaluation.json", help="Where to write the metrics (JSON).")
+    evaluate.set_defaults(run=_cmd_evaluate)
 
     runs = commands.add_parser("runs", help="The runs under a storage path: status, best metric, checkpoint.")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")

@@ -73,6 +73,19 @@ def test_the_run_history_lists_the_runs_this_suite_just_made(runs):
         assert record.best_value == result.best_metrics["accuracy"] and record.duration_s > 0
 
 
+def test_evaluate_matches_the_training_time_evaluation_of_the_same_split(runs):
+    """Issue 13: `rayformers evaluate CHECKPOINT --data PATH`, as the course's trainer.evaluate, gives the
+    metrics training recorded for its best checkpoint on the same validation file."""
+    from rayformers.training.scoring import evaluate_checkpoint
+
+    for result in runs.values():
+        metrics = evaluate_checkpoint(
+            result.best_checkpoint, str(REPO / "data/samples/sentiment/validation.jsonl")
+        )
+        assert metrics["accuracy"] == pytest.approx(result.best_metrics["accuracy"], abs=1e-9)
+        assert metrics["loss"] == pytest.approx(result.best_metrics["loss"], rel=1e-4)
+
+
 def test_checkpoint_files_are_exactly_these(runs):
     full = {p.name for p in Path(runs["full"].best_checkpoint).iterdir()}
     assert full == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
