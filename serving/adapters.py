@@ -62,8 +62,16 @@ class ResidentAdapters:
         self._generation += 1
         self._current[name] = self._generation
         self._dropped.pop(name, None)  # evicted, not yet removed: it stays, as Serve's entry again
-        await self._loop.run_in_executor(self._thread, self.loaded.add_adapter, name, directory)
-        return AdapterSlot(self, name, self._generation)
+        generation = self._generation
+        loading = self._loop.run_in_executor(self._thread, self.loaded.add_adapter, name, directory)
+        try:
+            await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            # Serve keeps no entry for a load whose request went away: once loaded, the adapter is
+            # dropped as if evicted (unless a later load of the name is what Serve holds by then).
+            loading.add_done_callback(lambda _: self._drop(name, generation))
+            raise
+        return AdapterSlot(self, name, generation)
 
     @contextlib.contextmanager
     def held(self, name: str | None) -> Iterator[None]:

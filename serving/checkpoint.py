@@ -136,7 +136,7 @@ class LoadedModel:
             )
         # The download and the checks run outside the lock, so forwards go on meanwhile; only peft's
         # injection holds it. A cloud adapter's copy is removed once its weights are in the model.
-        with local_copy(directory) as local:
+        with local_copy(resolve_checkpoint(directory)) as local:
             _check_adapter(name, local, self.manifest)
             with self._lock:
                 if name in self._adapters:

@@ -16,6 +16,7 @@ for health checks and new requests; torch's intra-op threads use the CPUs the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -283,12 +284,17 @@ class ModelReplica:
         replies: list[Reply | None] = [None] * len(requests)
         loop = asyncio.get_running_loop()
         padded = 0
-        for (adapter, _), members in groups.items():
-            group = [requests[i] for i in members]
-            answered, tokens = await loop.run_in_executor(self._pool, self._run_group, group, adapter)
-            padded += tokens
-            for i, reply in zip(members, answered, strict=True):
-                replies[i] = reply.model_copy(update={"batch_size": len(requests)})
+        with contextlib.ExitStack() as holds:
+            # The batch holds its adapters until its last group ran: a request of it cancelled meanwhile
+            # (its client gone, its deadline passed) releases only its own hold.
+            for adapter in dict.fromkeys(a for a, _ in groups):
+                holds.enter_context(self._adapters.held(adapter))
+            for (adapter, _), members in groups.items():
+                group = [requests[i] for i in members]
+                answered, tokens = await loop.run_in_executor(self._pool, self._run_group, group, adapter)
+                padded += tokens
+                for i, reply in zip(members, answered, strict=True):
+                    replies[i] = reply.model_copy(update={"batch_size": len(requests)})
         if padded:
             self._batch_tokens.observe(padded)
         return [

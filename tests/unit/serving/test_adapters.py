@@ -119,3 +119,65 @@ def test_a_cloud_adapter_is_loaded_from_a_download_that_is_then_removed(
     assert loaded.adapter_names == ["default", "one"]
     assert seen and seen[0].is_relative_to(tmp_path) and not seen[0].exists()
     assert list(tmp_path.iterdir()) == []  # nothing of the download is left
+
+
+def test_a_request_cancelled_after_its_batch_formed_leaves_its_adapter_to_the_batch(
+    tiny_checkpoint, serve_cache
+):
+    """Review finding: a request cancelled (client gone, deadline passed) once its batch had formed
+    released its hold at once, so an evicted adapter could be removed before the batch's group for it
+    ran: a 500 and a health strike. The batch holds its adapters until its last group ran."""
+    one = str(tiny_checkpoint("text-classification", method="lora", adapter_seed=2))
+    two = str(tiny_checkpoint("text-classification", method="lora", adapter_seed=3))
+    replica = _replica(tiny_checkpoint, {"one": one, "two": two})
+
+    async def scenario():
+        await replica._adapter("two")
+        await replica._adapter("one")  # both loaded: the two requests below queue together
+        busy, release = threading.Event(), threading.Event()
+        blocker = asyncio.get_running_loop().run_in_executor(
+            replica._pool, lambda: (busy.set(), release.wait(30))
+        )
+        await asyncio.to_thread(busy.wait, 10)
+        other = asyncio.ensure_future(replica.answer(["a fine film"], {}, "two"))  # its group runs first
+        gone = asyncio.ensure_future(replica.answer(["a fine film"], {}, "one"))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if replica._batcher._in_flight == 2 and not replica._batcher.waiting:
+                break  # both are in one batch, waiting for the model thread
+        assert replica._batcher._in_flight == 2 and not replica._batcher.waiting
+        gone.cancel()
+        slot = getattr(replica, "__serve_multiplex_wrapper").models["one"]
+        await asyncio.to_thread(slot.__del__)  # Serve evicts "one" meanwhile
+        await asyncio.sleep(0.3)  # a removal queued now would run before the batch's group for "one"
+        release.set()
+        await blocker
+        answered = await other
+        await asyncio.sleep(0.3)
+        return answered
+
+    answered = asyncio.run(scenario())
+    assert answered.error is None and replica._failures == 0
+    assert replica.loaded.adapter_names == ["default", "two"]  # "one" went, once the batch was done
+
+
+def test_an_adapter_whose_load_was_cancelled_is_removed_once_loaded(
+    tiny_checkpoint, serve_cache, monkeypatch
+):
+    """Review finding: Serve keeps no entry for a load whose request went away, so the adapter it loaded
+    sat outside the LRU, never evicted."""
+    import time
+
+    one = str(tiny_checkpoint("text-classification", method="lora", adapter_seed=2))
+    replica = _replica(tiny_checkpoint, {"one": one})
+    add = replica.loaded.add_adapter
+    monkeypatch.setattr(replica.loaded, "add_adapter", lambda *a: (time.sleep(0.5), add(*a))[1])
+
+    async def scenario():
+        request = asyncio.ensure_future(replica.answer(["a fine film"], {}, "one"))
+        await asyncio.sleep(0.1)  # the load is under way
+        request.cancel()
+        await asyncio.sleep(1.5)
+        return replica._adapters.removed
+
+    assert asyncio.run(scenario()) == 1 and replica.loaded.adapter_names == ["default"]
