@@ -85,6 +85,9 @@ class Batcher(Generic[Item, Result]):
                         continue
                 else:
                     entry = queue.get_nowait()
+                if entry[1].cancelled():  # its caller left: it costs the batch nothing
+                    self._in_flight -= 1
+                    continue
                 spent += self._cost(entry[0])
                 if self.budget is not None and spent > self.budget:
                     self._carried = entry

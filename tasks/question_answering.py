@@ -290,8 +290,10 @@ class QuestionAnsweringHandler(Handler):
             question = estimated_tokens(*texts_of(fields.get("question")))
             context = estimated_tokens(*texts_of(fields.get("context")))
             room = max(1, limit - question)
-            windows = -(-context // room)
-            total += min(limit, question + context) if windows <= 1 else windows * limit
+            # Windows overlap by `stride` tokens: after the first, each reads `room - stride` new ones.
+            step = max(1, room - self.settings.stride)
+            windows = 1 + -(-max(0, context - room) // step)
+            total += min(limit, question + context) if windows == 1 else windows * limit
         return total
 
     def _predict(

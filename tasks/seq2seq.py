@@ -99,7 +99,7 @@ class Seq2SeqHandler(Handler):
     def call_tokens(self, inputs: Sequence[Any], parameters: Seq2SeqParameters) -> int:
         """Each input and the tokens it may generate, once per beam."""
         limit = self.settings.max_length
-        new = parameters.max_new_tokens or self.settings.max_target_length
+        new = max(parameters.max_new_tokens or self.settings.max_target_length, parameters.min_length or 0)
         return sum(
             (min(limit, estimated_tokens(*texts_of(item))) + new) * parameters.num_beams for item in inputs
         )
