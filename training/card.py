@@ -44,11 +44,11 @@ def model_card(manifest: CheckpointManifest, run: RunConfig | None, hyperparamet
             dataset_type=datasets[0] if datasets else "custom",
             dataset_name=data_name,
             dataset_split=EVAL_SPLIT,
-            metric_type=name,
-            metric_name=name,
+            metric_type=metric,
+            metric_name=metric,
             metric_value=float(value),
         )
-        for name, value in sorted(manifest.metrics.items())
+        for metric, value in sorted(_evaluation(manifest).items())
     ]
     data = ModelCardData(
         model_name=name,
@@ -63,6 +63,16 @@ def model_card(manifest: CheckpointManifest, run: RunConfig | None, hyperparamet
     )
     text = _text(manifest, name, scratch, hyperparameters, datasets, data_name)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}"))
+
+
+TRAINING_ONLY = ("train_loss", "step", "epoch")
+"""Manifest metrics that are no evaluation result: they stay out of the model-index."""
+PRIVATE = ("storage_path",)
+"""Training settings a card does not show: where the team's runs are stored (a card may go public)."""
+
+
+def _evaluation(manifest: CheckpointManifest) -> dict[str, float]:
+    return {k: v for k, v in manifest.metrics.items() if k not in TRAINING_ONLY}
 
 
 def merged_card(card: str) -> str:
@@ -109,7 +119,8 @@ def _text(
     labels = manifest.preprocessing.labels.names if manifest.preprocessing.labels else None
     method = "LoRA (peft) adapter" if manifest.method == "lora" else "full fine-tuning"
     base = "a model trained from scratch" if scratch else f"`{manifest.base_model}`"
-    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(manifest.metrics.items())) or "| - | - |"
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(_evaluation(manifest).items())) or "| - | - |"
+    shown = {k: v for k, v in hyperparameters.items() if k not in PRIVATE}
     sources = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or data_name
     return f"""# {name}
 
@@ -146,7 +157,7 @@ The directory is a standard Hugging Face checkpoint{" (a peft adapter)" if manif
 Step {manifest.step}, epoch {manifest.epoch}. Hyperparameters:
 
 ```json
-{json.dumps(hyperparameters, indent=2, default=str)}
+{json.dumps(shown, indent=2, default=str)}
 ```
 
 ## Evaluation results

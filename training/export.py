@@ -86,7 +86,7 @@ def push_to_hub(
 
     source = Location.parse(resolve_checkpoint(str(checkpoint)))
     manifest = read_manifest(source)
-    if manifest.method == "lora" and not merge_lora and manifest.base_model == BASE_MODEL_DIR:
+    if manifest.method == "lora" and not merge_lora and (source / BASE_MODEL_DIR).exists():
         raise ExportError(
             f"{checkpoint}: its LoRA adapter's base is the checkpoint's own {BASE_MODEL_DIR}/ copy, which a Hub "
             "repo cannot point at; add --merge-lora to upload a standalone model"
@@ -112,7 +112,7 @@ def push_to_hub(
             )
         except Exception as err:  # the Hub's HTTP errors, a network that is down, a missing token
             raise ExportError(
-                f"--push-to-hub {repo_id!r}: the upload failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                f"--push-to-hub {repo_id!r}: the upload failed ({type(err).__name__}: {(str(err).splitlines() or [''])[0]}); "
                 "check the repo name, that HF_TOKEN (or `hf auth login`) has write access, and the network"
             ) from None
     return f"https://huggingface.co/{repo_id}"

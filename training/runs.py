@@ -1,8 +1,9 @@
 """Run history: the runs under a storage path, read from what training leaves there (`rayformers runs`).
 
 A finished run has its `summary.json` (config, best checkpoint and metrics, history, start and end).
-A run without one is `incomplete`: it is still training, or it stopped; Ray Train's snapshot says which
-checkpoints it has, and a later run under the same name resumes from the latest. Nothing here needs Ray.
+A run without one is `incomplete`: it is still training, or it stopped; its complete checkpoints (those
+with their manifest, which is copied last) are counted, and a later run under the same name resumes
+from the latest one Ray Train recorded. Nothing here needs Ray.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow.fs as pafs
 
 from rayformers.data.storage import Location
 from rayformers.errors import UserError
-from rayformers.tasks.checkpoint import RUN_SUMMARY
+from rayformers.tasks.checkpoint import MANIFEST, RUN_SUMMARY
 from rayformers.training.checkpoint import RAY_SNAPSHOT
 
 __all__ = ["RunNotFoundError", "RunRecord", "list_runs", "show_run"]
@@ -76,9 +77,10 @@ def show_run(storage: str, name: str) -> dict[str, Any]:
 
 def _record(run: Location, name: str) -> RunRecord | None:
     summary = _summary(run)
-    checkpoints = _checkpoints(run)
-    if summary is None and not checkpoints and not (run / RAY_SNAPSHOT).exists():
+    folders = _checkpoint_folders(run)
+    if summary is None and not folders and not (run / RAY_SNAPSHOT).exists():
         return None  # not a run directory (or one that never got as far as a checkpoint)
+    checkpoints = [f for f in folders if (run / f / MANIFEST).exists()]  # a cut-off copy has no manifest
     if summary is None:
         return RunRecord(name, "incomplete", None, None, None, None, None, None, None, None, len(checkpoints))
     config = summary.get("config", {})
@@ -111,7 +113,7 @@ def _summary(run: Location) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def _checkpoints(run: Location) -> list[str]:
+def _checkpoint_folders(run: Location) -> list[str]:
     try:
         listed = run.fs.get_file_info(pafs.FileSelector(run.path, recursive=False))
     except (FileNotFoundError, OSError):

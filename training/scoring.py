@@ -47,9 +47,12 @@ def evaluate_checkpoint(
         manifest = read_manifest(root)
         task = get_task(manifest.task)
         settings = manifest.preprocessing
-        source = SourceConfig(path=data)
         recorded = DataConfig.model_validate(run["data"]) if "data" in run else None
-        base = data_config or recorded or DataConfig(train=source)
+        base = data_config or recorded
+        # Read as the run read its data (format, encoding), from the given path.
+        like = (base.validation or base.train) if base is not None else SourceConfig(path=data)
+        source = like.model_copy(update={"path": data, "hub": None, "name": None, "revision": None})
+        base = base or DataConfig(train=source)
         split = base.model_copy(
             update={"train": source, "validation": source, "tokenized": None, "limit": None, "shuffle": False}
         )

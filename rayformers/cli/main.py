@@ -153,7 +153,6 @@ def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
                 args.out,
                 args.base,
                 vocab_size=args.vocab_size,
-                revision=cfg.model.tokenizer_revision,
                 trust_remote_code=cfg.model.trust_remote_code,
             )
             print(f"retrained {args.base}'s tokenizer with {len(tokenizer)} tokens -> {args.out}")

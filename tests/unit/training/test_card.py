@@ -26,7 +26,7 @@ def _manifest(base: str, method: str = "lora") -> CheckpointManifest:
     return CheckpointManifest(
         task="text-classification", method=method, base_model=base, architecture="bert",
         auto_model="AutoModelForSequenceClassification", preprocessing=settings, data_fingerprint="abc",
-        metrics={"accuracy": 0.9125, "f1": 0.875}, step=120, epoch=2,
+        metrics={"accuracy": 0.9125, "f1": 0.875, "train_loss": 0.21}, step=120, epoch=2,
     )  # fmt: skip
 
 
@@ -48,7 +48,9 @@ def _run(**model) -> RunConfig:
 
 
 def test_a_cards_metadata_reads_back_as_the_hub_reads_it():
-    text = model_card(_manifest("bert-base-uncased"), _run(), {"learning_rate": 5e-5})
+    text = model_card(
+        _manifest("bert-base-uncased"), _run(), {"learning_rate": 5e-5, "storage_path": "s3://team-bucket"}
+    )
     card = ModelCard(text)
     data = card.data
     assert data.base_model == "bert-base-uncased" and data.datasets == ["stanfordnlp/sst2"]
@@ -66,6 +68,8 @@ def test_a_cards_metadata_reads_back_as_the_hub_reads_it():
     positions = [card.text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
     assert "learning_rate" in card.text and "| accuracy | 0.9125 |" in card.text
+    # The training loss is no evaluation result, and where the team stores its runs stays private.
+    assert "train_loss" not in card.text and "team-bucket" not in card.text
 
 
 def test_language_and_license_come_from_a_base_whose_card_is_on_disk_never_guessed(tmp_path):
@@ -81,7 +85,7 @@ def test_language_and_license_come_from_a_base_whose_card_is_on_disk_never_guess
 
 def test_a_run_from_scratch_or_without_metrics_still_gives_a_valid_card():
     scratch = _run(from_scratch={"architecture": "bert", "tokenizer": "data/samples/tokenizers/wordpiece"})
-    manifest = _manifest("bert", method="full").model_copy(update={"metrics": {}})
+    manifest = _manifest("bert", method="full").model_copy(update={"metrics": {"train_loss": 0.3}})
     data = ModelCard(model_card(manifest, scratch, {})).data
     assert data.base_model is None and data.eval_results is None and data.library_name == "transformers"
 

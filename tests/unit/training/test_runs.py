@@ -12,6 +12,7 @@ from rayformers.training.runs import RunNotFoundError, list_runs, show_run
 def _finished(root, name, finished_at, value):
     run = root / name
     (run / "checkpoint_000020").mkdir(parents=True)
+    (run / "checkpoint_000020" / "rayformers.json").write_text("{}")
     (run / "summary.json").write_text(
         json.dumps(
             {
@@ -34,6 +35,8 @@ def test_finished_runs_newest_first_then_incomplete_ones(tmp_path):
     _finished(tmp_path, "older", 1_000.0, 0.81)
     _finished(tmp_path, "newer", 2_000.0, 0.93)
     (tmp_path / "stopped" / "checkpoint_000010").mkdir(parents=True)  # no summary: still going, or stopped
+    (tmp_path / "stopped" / "checkpoint_000010" / "rayformers.json").write_text("{}")
+    (tmp_path / "stopped" / "checkpoint_000020").mkdir()  # cut off: no manifest, not counted
     (tmp_path / "tokenized-only" / "tokenized").mkdir(parents=True)  # never reached a checkpoint
     runs = list_runs(str(tmp_path))
     assert [r.name for r in runs] == ["newer", "older", "stopped"]
