@@ -42,6 +42,7 @@ class Batcher(Generic[Item, Result]):
         rides): the next item waits, first in line, for the next batch."""
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
         self._carried: tuple[Item, asyncio.Future[Result]] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._peak = 0
@@ -53,8 +54,11 @@ class Batcher(Generic[Item, Result]):
         return (self._queue.qsize() if self._queue is not None else 0) + (self._carried is not None)
 
     async def submit(self, item: Item) -> Result:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._event_loop is not loop:
+            # A queue and its worker belong to one event loop (a replica has one; a test may run several).
+            self._queue, self._event_loop, self._worker, self._carried = asyncio.Queue(), loop, None, None
+            self._in_flight = self._peak = 0
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._loop(self._queue))
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

@@ -166,6 +166,11 @@ def test_validate_preview_train_and_serve_from_a_project_with_its_own_data_packa
         assert {a["label"] for a in answer} <= {"negative", "positive"}
         children = [p for p in psutil.Process(server.pid).children(recursive=True) if p.is_running()]
         assert children, "serve started no Ray processes"
+        # A replica answers a moment before Serve calls its app running; a SIGTERM before the deploy
+        # is done stops the deploy instead (exit 143). Stop the server once it says it is serving.
+        deadline = time.monotonic() + 60
+        while "Serving; Ctrl-C or SIGTERM stops." not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
     finally:

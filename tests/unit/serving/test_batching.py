@@ -116,3 +116,13 @@ def test_a_token_budget_cuts_a_batch_and_the_item_over_it_leads_the_next():
         return model.batches
 
     assert asyncio.run(main()) == [[0], [4, 5], [6, 3, 1], [12], [2]]
+
+
+def test_a_batcher_answers_in_a_second_event_loop():
+    """Its queue and worker belong to the loop that made them: a second loop (a test's second
+    asyncio.run) got a worker that died on the first loop's queue, and 'Task exception was never
+    retrieved' logged from garbage collection, which on Python 3.11 broke an ast.parse running then."""
+    model = FakeModel(seconds=0.01)
+    batcher = Batcher(model, max_batch_size=4)
+    assert asyncio.run(batcher.submit(1)) == 2
+    assert asyncio.run(asyncio.wait_for(batcher.submit(2), 5)) == 4
