@@ -60,8 +60,8 @@ class Batcher(Generic[Item, Result]):
             self._queue, self._event_loop, self._worker, self._carried = asyncio.Queue(), loop, None, None
             self._in_flight = self._peak = 0
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._loop(self._queue))
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+            self._worker = loop.create_task(self._loop(self._queue))
+        future: asyncio.Future[Result] = loop.create_future()
         self._queue.put_nowait((item, future))
         self._in_flight += 1
         self._peak = max(self._peak, self._in_flight)

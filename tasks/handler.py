@@ -250,8 +250,11 @@ class Handler(ABC):
         `serve.apps[].max_call_tokens` bounds): `inputs` as the client sent them, `parameters` validated.
         Here each input is one row of at most max_length tokens; tasks whose inputs become several rows,
         or that generate tokens, count those."""
-        limit = self.settings.max_length
-        return sum(min(limit, estimated_tokens(*texts_of(item))) for item in inputs)
+        return sum(self.row_tokens(item) for item in inputs)
+
+    def row_tokens(self, item: Any) -> int:
+        """`estimated_tokens` of every string in `item`, as one row of at most max_length tokens."""
+        return min(self.settings.max_length, estimated_tokens(*texts_of(item)))
 
     def length(self, input: Any) -> int:
         """A cheap length proxy (characters) used to sort a batch so similar lengths pad together."""

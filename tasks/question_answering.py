@@ -285,7 +285,7 @@ class QuestionAnsweringHandler(Handler):
         for item in inputs:
             fields = item.model_dump() if isinstance(item, QuestionContext) else item
             if not isinstance(fields, Mapping):
-                total += min(limit, estimated_tokens(*texts_of(item)))
+                total += self.row_tokens(item)
                 continue
             question = estimated_tokens(*texts_of(fields.get("question")))
             context = estimated_tokens(*texts_of(fields.get("context")))

@@ -19,7 +19,7 @@ from rayformers.data.preprocess import IGNORE_INDEX, Columns, Mode, encode, mode
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import PairEvaluator
-from rayformers.tasks.handler import Handler, estimated_tokens, texts_of
+from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import SamplingParameters
 
 __all__ = ["Seq2SeqEvaluator", "Seq2SeqHandler", "Seq2SeqParameters", "Seq2SeqTask", "tokenize_seq2seq"]
@@ -98,11 +98,8 @@ class Seq2SeqHandler(Handler):
 
     def call_tokens(self, inputs: Sequence[Any], parameters: Seq2SeqParameters) -> int:
         """Each input and the tokens it may generate, once per beam."""
-        limit = self.settings.max_length
         new = max(parameters.max_new_tokens or self.settings.max_target_length, parameters.min_length or 0)
-        return sum(
-            (min(limit, estimated_tokens(*texts_of(item))) + new) * parameters.num_beams for item in inputs
-        )
+        return sum((self.row_tokens(item) + new) * parameters.num_beams for item in inputs)
 
     def _predict(self, inputs: list[str], parameters: list[Seq2SeqParameters]) -> list[Any]:
         import torch

@@ -24,7 +24,7 @@ from rayformers.data.preprocess import Columns, Mode, model_inputs, truncated_ro
 from rayformers.manifest import PreprocessSettings
 from rayformers.tasks.base import Task
 from rayformers.tasks.evaluation import LanguageModelEvaluator
-from rayformers.tasks.handler import Handler, InputError, estimated_tokens, texts_of
+from rayformers.tasks.handler import Handler, InputError
 from rayformers.tasks.schemas import MAX_NEW_TOKENS, SamplingParameters, StopString
 
 __all__ = [
@@ -284,8 +284,8 @@ class TextGenerationHandler(Handler):
 
     def call_tokens(self, inputs: Sequence[Any], parameters: GenerationParameters) -> int:
         """Each prompt (its last max_length tokens at most) and the tokens it may generate."""
-        limit, new = self.settings.max_length, parameters.max_new_tokens or MAX_NEW_TOKENS
-        return sum(min(limit, estimated_tokens(*texts_of(item))) + new for item in inputs)
+        new = parameters.max_new_tokens or MAX_NEW_TOKENS
+        return sum(self.row_tokens(item) + new for item in inputs)
 
     def _predict(self, inputs: list[str], parameters: list[GenerationParameters]) -> list[Any]:
         return self._generate(inputs, parameters)

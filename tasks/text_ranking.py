@@ -236,7 +236,7 @@ class TextRankingHandler(Handler):
             fields = item.model_dump() if isinstance(item, QueryTexts) else item
             texts = fields.get("texts") if isinstance(fields, Mapping) else None
             if not isinstance(texts, list):  # not an input this task reads: parsing will say so
-                total += min(limit, estimated_tokens(*texts_of(item)))
+                total += self.row_tokens(item)
                 continue
             query = estimated_tokens(*texts_of(fields.get("query")))
             total += sum(min(limit, query + estimated_tokens(*texts_of(text))) for text in texts)
