@@ -5,173 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
+from tests.integration.serving.examples import (
+    BROKEN_WORD,
+    EXAMPLES,
+    LONG_CONTEXT,
+    close,
+    in_process,
+    post,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-LONG_CONTEXT = " ".join(f"Filler sentence number {i} says nothing much." for i in range(30))
-# One request per task: (app, inputs, parameters).
-EXAMPLES = {
-    "text-classification": (
-        "sentiment",
-        ["a great film", "a dull and tiring book, I regret it"],
-        {"top_k": 2},
-    ),
-    "token-classification": ("ner", ["Alice Novak flew to Toronto ."], {"aggregation_strategy": "none"}),
-    "question-answering": (
-        "qa",
-        [{"question": "Who led the team?", "context": "The team was led by Alice Novak. " + LONG_CONTEXT}],
-        {"top_k": 2},
-    ),
-    "fill-mask": ("fill-mask", ["the film was [MASK] ."], {"top_k": 3}),
-    "text-generation": ("gen", ["the film was"], {"max_new_tokens": 8}),
-    "summarization": ("summarize", ["Alice Novak was elected mayor of Toronto on Tuesday. It rained."], {}),
-    "translation": ("translate", ["a small river pushed the red queen."], {"max_new_tokens": 8}),
-    "zero-shot-classification": (
-        "zero-shot",
-        ["the match ended in a draw"],
-        {"candidate_labels": ["sports", "politics", "cooking"]},
-    ),
-    "feature-extraction": ("embed", ["a cat sat on the mat", "a dog"], {}),
-    "text-ranking": (
-        "rank",
-        [{"query": "who led the team", "texts": ["Alice Novak led the team.", "It rained.", "a dull film"]}],
-        {"top_n": 2},
-    ),
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
-    from rayformers.serving.app import checked
-    from rayformers.serving.server import deploy
-
-    small = {"num_cpus": 0.05}
-    apps = [
-        ServeAppConfig(name=app, checkpoint=str(tiny_checkpoint(task)), **small)
-        for task, (app, _, _) in EXAMPLES.items()
-        if app != "sentiment"
-    ]
-    apps += [
-        ServeAppConfig(
-            name="sentiment",
-            checkpoint=str(tiny_checkpoint("text-classification")),
-            max_batch_size=8,
-            batch_wait_timeout_s=0.25,
-            **small,
-        ),
-        ServeAppConfig(
-            name="lora",
-            checkpoint=str(tiny_checkpoint("text-classification", method="lora", adapter_seed=1)),
-            adapters={
-                "one": str(tiny_checkpoint("text-classification", method="lora", adapter_seed=1)),
-                "two": str(tiny_checkpoint("text-classification", method="lora", adapter_seed=2)),
-            },
-            **small,
-        ),
-        # Small queues and few inputs per request.
-        ServeAppConfig(
-            name="busy",
-            checkpoint=str(tiny_checkpoint("text-generation")),
-            max_batch_size=1,
-            max_ongoing_requests=1,
-            max_queued_requests=1,
-            max_inputs_per_request=4,
-            **small,
-        ),
-        # Autoscaling with short delays; an unbounded queue, so all the load counts.
-        ServeAppConfig(
-            name="scaling",
-            checkpoint=str(tiny_checkpoint("text-generation")),
-            max_batch_size=1,
-            max_ongoing_requests=2,
-            max_queued_requests=-1,
-            autoscaling={
-                "min_replicas": 1,
-                "max_replicas": 2,
-                "target_ongoing_requests": 1,
-                "upscale_delay_s": 0.5,
-                "downscale_delay_s": 2,
-                "look_back_period_s": 2,
-            },
-            **small,
-        ),
-        ServeAppConfig(
-            name="broken", checkpoint=str(_broken_checkpoint(tiny_checkpoint, tmp_path_factory)), **small
-        ),
-        # Two replicas, always: one is killed under load.
-        ServeAppConfig(
-            name="pair",
-            checkpoint=str(tiny_checkpoint("text-classification")),
-            autoscaling={"min_replicas": 2, "max_replicas": 2},
-            **small,
-        ),
-    ]
-    serve_cfg = ServeConfig(port=_free_port(), max_body_bytes=20_000)
-    served = deploy(serve_cfg, checked(serve_cfg, apps), ClusterConfig(), progress=lambda _: None)
-    yield served.base
-    served.shutdown()
-
-
-def _broken_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A classifier whose embedding table was cut short: words with high token ids make the model itself
-    raise (an index error inside torch), while the warm-up words still work."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("broken") / "checkpoint"
-    shutil.copytree(tiny_checkpoint("text-classification"), directory)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    keep = max(tokenizer("Hello world.")["input_ids"]) + 1
-    assert max(tokenizer(BROKEN_WORD)["input_ids"]) >= keep
-    weights = load_file(directory / "model.safetensors")
-    name = next(k for k in weights if k.endswith("word_embeddings.weight"))
-    weights[name] = weights[name][:keep].clone()
-    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((directory / "config.json").read_text())
-    config["vocab_size"] = keep
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
-
-
-BROKEN_WORD = "zebra"
-
-
-def post(base: str, path: str, body: object, **kwargs) -> requests.Response:
-    return requests.post(f"{base}{path}", json=body, timeout=60, **kwargs)
-
-
-def in_process(checkpoint: Path, inputs, parameters):
-    from rayformers.serving.checkpoint import build_handler, load_checkpoint
-
-    return build_handler(load_checkpoint(str(checkpoint))).predict(inputs, parameters)
-
-
-def close(a, b, tol=1e-4) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(a - b) <= tol
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 @pytest.mark.parametrize("task", list(EXAMPLES))
