@@ -722,7 +722,8 @@ def serve_config_problems(obj: dict[str, Any]) -> list[Problem]:
                     for issue in issues_from_pydantic(err, model)
                 )
         if isinstance(parsed, ServeAppConfig):
-            autoscaling.append((f"{at}.autoscaling", parsed.autoscaling.model_dump(exclude_none=True)))
+            if "autoscaling" in (app.get("args") or {}):
+                autoscaling.append((f"{at}.autoscaling", parsed.autoscaling.model_dump(exclude_none=True)))
             if parsed.name != app.get("name") or app.get("route_prefix") != f"/{parsed.name}":
                 problems.append(
                     Problem(
@@ -730,12 +731,23 @@ def serve_config_problems(obj: dict[str, Any]) -> list[Problem]:
                         f"the app's name and route_prefix must be {parsed.name}, /{parsed.name}",
                     )
                 )
-            cpus = parsed.num_cpus or 1.0  # unset: a replica reserves 1 CPU (and uses every core)
-            if pods and not any(cpus <= c and parsed.num_gpus <= g for c, g in pods):
+            # What a replica reserves: its deployment's ray_actor_options (what `serve build` writes),
+            # which Serve applies over the arguments'.
+            actor = next(
+                (
+                    dep.get("ray_actor_options") or {}
+                    for dep in app.get("deployments") or []
+                    if isinstance(dep, dict) and dep.get("name") == "Model"
+                ),
+                {},
+            )
+            cpus = float(actor.get("num_cpus") or parsed.num_cpus or 1.0)  # unset: 1 CPU (every core used)
+            gpus = float(actor.get("num_gpus", parsed.num_gpus) or 0.0)
+            if pods and not any(cpus <= c and gpus <= g for c, g in pods):
                 problems.append(
                     Problem(
                         f"{where} {at}",
-                        f"a replica ({cpus:g} CPU, {parsed.num_gpus:g} GPU) fits no worker pod "
+                        f"a replica ({cpus:g} CPU, {gpus:g} GPU) fits no worker pod "
                         f"(CPU/GPU per pod: {', '.join(f'{c:g}/{g:g}' for c, g in pods)})",
                     )
                 )

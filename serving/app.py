@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from rayformers.config import RunConfig, ServeAppConfig, ServeConfig
 from rayformers.serving.access import env_keys
-from rayformers.serving.args import AppArgs, GatewayApp, GatewayArgs, HttpArgs
+from rayformers.serving.args import DEPLOYMENT_FIELDS, AppArgs, GatewayApp, GatewayArgs, HttpArgs
 from rayformers.serving.errors import CheckpointError
 from rayformers.tasks import get_task
 from rayformers.tasks.checkpoint import MANIFEST, read_manifest, resolve_checkpoint
@@ -113,14 +113,22 @@ def http_args(serve: ServeConfig) -> HttpArgs:
 
 
 def deploy_config(serve: ServeConfig, apps: list[AppArgs]) -> dict[str, Any]:
-    """A Ray Serve deploy config (`ServeDeploySchema`) for `apps` plus the gateway."""
+    """A Ray Serve deploy config (`ServeDeploySchema`) for `apps` plus the gateway.
+
+    Each app's deployment options (autoscaling, `max_ongoing_requests`, `max_queued_requests`,
+    `ray_actor_options`) are in its `deployments:` entry, which Serve applies over the code's: an edit to
+    autoscaling or `max_ongoing_requests` there is a lightweight update that keeps the replicas running.
+    The `args` hold what the replica's code reads; Serve restarts an app's replicas on any edit to them."""
     tasks = {a.name: task_of(a) for a in apps}
     applications = [
         {
             "name": a.name,
             "route_prefix": f"/{a.name}",
             "import_path": "rayformers.serving.app:build_app",
-            "args": a.model_copy(update={"task": tasks[a.name]}).model_dump(mode="json"),
+            "args": a.model_copy(update={"task": tasks[a.name]}).model_dump(
+                mode="json", exclude=set(DEPLOYMENT_FIELDS)
+            ),
+            "deployments": [{"name": "Model", **a.deployment_options()}],
         }
         for a in apps
     ]

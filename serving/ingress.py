@@ -28,10 +28,6 @@ __all__ = ["ADAPTER_HEADER", "app_deployment", "call_model", "overloaded", "repl
 # The header Ray Serve routes multiplexed requests by; it names the LoRA adapter.
 ADAPTER_HEADER = "serve_multiplexed_model_id"
 RETRY_AFTER_S = 1
-# Requests a replica takes from Serve beyond what it admits itself, so that it, not Serve's proxy
-# (whose 503 is plain text), answers the overflow with a JSON 503 and Retry-After.
-_SLACK = 64
-_UNBOUNDED = 100_000
 
 
 def request_model(task: Task, name: str) -> type[BaseModel]:
@@ -123,25 +119,4 @@ def app_deployment(args: AppArgs, task: Task) -> Any:
         async def info_route(self) -> dict[str, Any]:
             return self.info()
 
-    admitted = args.admission_limit
-    autoscaling: dict[str, Any] = {
-        "min_replicas": args.autoscaling.min_replicas,
-        "max_replicas": args.autoscaling.max_replicas,
-        "target_ongoing_requests": args.autoscaling.target_ongoing_requests,
-        "upscale_delay_s": args.autoscaling.upscale_delay_s,
-        "downscale_delay_s": args.autoscaling.downscale_delay_s,
-        "look_back_period_s": args.autoscaling.look_back_period_s,
-    }
-    if args.autoscaling.initial_replicas is not None:
-        autoscaling["initial_replicas"] = args.autoscaling.initial_replicas
-    return serve.deployment(
-        Model,
-        name="Model",
-        autoscaling_config=autoscaling,
-        # The replica admits what it can hold and answers the rest 503 itself, in JSON, at once. Serve
-        # sends it a little more than that (so the overflow reaches it) and queues nothing of its own:
-        # Serve's router counts requests being routed as queued, and would drop them in plain text.
-        max_ongoing_requests=_UNBOUNDED if admitted is None else admitted + _SLACK,
-        max_queued_requests=-1,
-        ray_actor_options={"num_cpus": args.num_cpus or 1.0, "num_gpus": args.num_gpus},
-    )
+    return serve.deployment(Model, name="Model", **args.deployment_options())

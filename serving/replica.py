@@ -97,6 +97,16 @@ def torch_threads(num_cpus: float | None) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def reserved_gpus(configured: float) -> float:
+    """The GPUs Ray reserved for this replica: its deployment's `ray_actor_options`, which a Serve
+    config's `deployments:` section sets over the app's arguments; `configured` outside a Ray worker."""
+    import ray
+
+    if not ray.is_initialized():
+        return configured
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
 class ModelReplica:
     """One replica: checkpoint loaded, handler warmed, batched and multiplexed. Serve wraps it (with its
     HTTP routes) in `rayformers.serving.ingress.app_deployment`."""
@@ -112,7 +122,7 @@ class ModelReplica:
         # would compete with them. Set here, not only by `rayformers serve`'s Ray, so that `serve build`
         # deployments and RayServices tokenize alike; an operator's own setting stays.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        on_gpu = self.args.num_gpus > 0 and torch.cuda.is_available()
+        on_gpu = reserved_gpus(self.args.num_gpus) > 0 and torch.cuda.is_available()
         threads = torch_threads(self.args.num_cpus)
         # torch's intra-op thread count is the calling thread's (OpenMP): set it where the model runs.
         self._pool = ThreadPoolExecutor(

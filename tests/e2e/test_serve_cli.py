@@ -1,5 +1,6 @@
-"""`rayformers serve build` as a user runs it: it writes a file that Ray's schema accepts and `serve run`
-serves; and Ctrl-C while `rayformers serve` deploys. (`serve --checkpoint` and its clean SIGTERM are run
+"""`rayformers serve build` as an operator runs it: it writes a file that Ray's schema accepts and
+`serve deploy` serves on a `ray start` cluster, where an edit to its deployments section keeps the
+replicas; and Ctrl-C while `rayformers serve` deploys. (`serve --checkpoint` and its clean SIGTERM are run
 from an installed wheel in test_wheel.py.)"""
 
 from __future__ import annotations
@@ -45,17 +46,54 @@ def _predict(url: str, body: dict, deadline: float, process: subprocess.Popen, l
             time.sleep(1)
 
 
-def test_serve_build_writes_a_config_that_serve_run_serves(tiny_checkpoint, tmp_path):
+def _get_json(url: str) -> dict:
+    """GET from a `ray start` cluster's dashboard, which Ray 2.60 starts with token authentication on: the
+    token is the one `ray start` wrote under ~/.ray/, which the Ray CLI sends too."""
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _model_details(dashboard: str, app: str) -> dict:
+    """The app's model deployment as Serve's REST API (what `serve status` reads) reports it."""
+    details = _get_json(f"{dashboard}/api/serve/applications/")
+    found = (details.get("applications") or {}).get(app) or {}
+    return (found.get("deployments") or {}).get("Model") or {}
+
+
+def _wait_for(check, deadline: float, what: str, head: subprocess.Popen, log: Path):
+    while True:
+        try:
+            found = check()
+        except OSError:
+            found = None
+        if found:
+            return found
+        if head.poll() is not None:
+            raise AssertionError(f"the Ray head exited with {head.returncode}:\n{log.read_text()[-5000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def test_serve_build_writes_a_config_whose_deployment_edits_keep_the_replicas(tiny_checkpoint, tmp_path):
+    """`serve build` writes a file Ray's schema accepts and `serve deploy` serves, on a Ray cluster started
+    with `ray start`, as an operator runs it. Issue 13: the deployment options are in the `deployments:`
+    section, so an operator's edit to max_replicas there, deployed again, is a lightweight update: Serve
+    applies it and the replicas that were serving keep serving (the same replica and actor ids)."""
+    import tempfile
+
     from ray.serve.schema import ServeDeploySchema
 
-    port = _free_port()
+    port, dash_port = _free_port(), _free_port()
     config = tmp_path / "run.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "data": {"train": {"path": str(REPO / "data/samples/sentiment/train.jsonl")}},
                 "model": {"task": "text-classification", "name": "unused"},
-                "serve": {"port": port, "apps": [{"name": "reviews", "checkpoint": str(tiny_checkpoint("text-classification")), "num_cpus": 0.5}]},
+                "serve": {"port": port, "apps": [{"name": "reviews", "checkpoint": str(tiny_checkpoint("text-classification")), "num_cpus": 0.5, "autoscaling": {"min_replicas": 1, "max_replicas": 2}}]},
             }
         )
     )  # fmt: skip
@@ -65,31 +103,71 @@ def test_serve_build_writes_a_config_that_serve_run_serves(tiny_checkpoint, tmp_
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
-    schema = ServeDeploySchema.model_validate(yaml.safe_load(out_file.read_text()))
+    written = yaml.safe_load(out_file.read_text())
+    schema = ServeDeploySchema.model_validate(written)
     assert [a.name for a in schema.applications] == ["reviews", "gateway"]
-    serve_bin = Path(sys.executable).with_name("serve")
-    log = tmp_path / "serve-run.log"
-    # RAY_ADDRESS=local: a Ray of its own, never a cluster that `ray start` recorded in /tmp/ray.
-    process = subprocess.Popen(
-        [str(serve_bin), "run", str(out_file)], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True,
+    (model,) = schema.applications[0].deployments
+    assert model.name == "Model" and model.autoscaling_config["max_replicas"] == 2
+    assert "autoscaling" not in schema.applications[0].args
+
+    # A Ray of its own (its own temp dir, so no other Ray on this machine finds it as "the" cluster).
+    ray_dir = tempfile.mkdtemp(prefix="rf-", dir="/tmp")
+    bin_dir = Path(sys.executable).parent
+    log = tmp_path / "ray-head.log"
+    # Token authentication, as `ray start` turns it on in 2.60, set deliberately for every Ray CLI call.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-port={dash_port}",
+         f"--dashboard-agent-listen-port={_free_port()}", "--include-dashboard=true", f"--temp-dir={ray_dir}",
+         "--disable-usage-stats"],
+        cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )  # fmt: skip
+    dashboard = f"http://127.0.0.1:{dash_port}"
+
+    def serve_deploy() -> None:
+        done = subprocess.run(
+            [str(bin_dir / "serve"), "deploy", str(out_file), "-a", dashboard],
+            cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
     try:
-        answer = _predict(
-            f"http://127.0.0.1:{port}/reviews/predict",
-            {"inputs": ["fine", "bad"]},
-            time.monotonic() + 240,
-            process,
-            log,
+        _wait_for(
+            lambda: _get_json(f"{dashboard}/api/version"), time.monotonic() + 120, "the dashboard", head, log
         )
+        serve_deploy()
+        answer = _predict(
+            f"http://127.0.0.1:{port}/reviews/predict", {"inputs": ["fine", "bad"]}, time.monotonic() + 240,
+            head, log,
+        )  # fmt: skip
         assert len(answer) == 2  # type: ignore[arg-type]
+        before = _model_details(dashboard, "reviews")
+        assert before["deployment_config"]["autoscaling_config"]["max_replicas"] == 2
+        serving = {(r["replica_id"], r["actor_id"]) for r in before["replicas"] if r["state"] == "RUNNING"}
+        assert len(serving) == 1, before["replicas"]
+
+        # The operator's edit: more replicas allowed, in the deployments section, deployed again.
+        written["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 5
+        out_file.write_text(yaml.safe_dump(written, sort_keys=False))
+        serve_deploy()
+
+        def applied() -> dict | None:
+            found = _model_details(dashboard, "reviews")
+            scaled = found.get("deployment_config", {}).get("autoscaling_config", {}).get("max_replicas")
+            return found if scaled == 5 and found.get("status") == "HEALTHY" else None
+
+        after = _wait_for(applied, time.monotonic() + 120, "max_replicas 5 applied", head, log)
+        kept = {(r["replica_id"], r["actor_id"]) for r in after["replicas"] if r["state"] == "RUNNING"}
+        assert kept == serving, f"the edit restarted the replicas: {serving} before, {kept} after"
+        assert len(_predict(f"http://127.0.0.1:{port}/reviews/predict", {"inputs": "fine"}, time.monotonic() + 60, head, log)) >= 1  # type: ignore[arg-type]  # fmt: skip
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=60)
+                head.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                os.killpg(head.pid, signal.SIGKILL)
 
 
 def _left_in_session(sid: int) -> list[str]:

@@ -310,15 +310,16 @@ def test_serve_config_is_a_serve_deploy_schema_and_lands_verbatim_in_the_rayserv
     args = ServeAppConfig.model_validate(
         {k: v for k, v in sentiment.args.items() if k in ServeAppConfig.model_fields}
     )
-    AutoscalingConfig(**args.autoscaling.model_dump(exclude_none=True))
-    for app in schema.applications:
-        for deployment in app.deployments:
-            if isinstance(deployment.autoscaling_config, dict):
-                AutoscalingConfig(**deployment.autoscaling_config)
+    # The deployment options are Serve's own, in `deployments:` (edits there keep the replicas), not args.
+    assert "autoscaling" not in sentiment.args and "num_gpus" not in sentiment.args
+    (model,) = sentiment.deployments
+    assert model.name == "Model"
+    AutoscalingConfig(**model.autoscaling_config)
+    gpus = model.ray_actor_options.num_gpus
     if name == "gpu-prod":
-        assert args.checkpoint.startswith("s3://") and args.num_gpus == 1
+        assert args.checkpoint.startswith("s3://") and gpus == 1 and model.autoscaling_config["max_replicas"] == 8
     else:
-        assert args.checkpoint == "/mnt/runs/text-classification-lora/best" and args.num_gpus == 0
+        assert args.checkpoint == "/mnt/runs/text-classification-lora/best" and gpus == 0
     targets = ["base", "cpu-dev"] if name == "base" else ["gpu-prod"]
     for target in targets:
         assert _one(rendered[target], "RayService")["spec"]["serveConfigV2"] == text
@@ -351,8 +352,8 @@ def test_serve_config_problems_are_reported(rendered, validator):
     app = config["applications"][0]
     app["route_prefx"] = "/x"
     app["args"]["max_batch_sise"] = 4
-    app["args"]["num_cpus"] = 64
-    app["deployments"] = [{"name": "X", "autoscaling_config": {"min_replicas": 3, "max_replicas": 1}}]
+    app["deployments"][0]["ray_actor_options"]["num_cpus"] = 64  # what Serve reserves, over args.num_cpus
+    app["deployments"].append({"name": "X", "autoscaling_config": {"min_replicas": 3, "max_replicas": 1}})
     service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     problems = _problems(validator, service, objects)
     assert (
@@ -363,7 +364,7 @@ def test_serve_config_problems_are_reported(rendered, validator):
         p.startswith("spec.serveConfigV2 > applications[0].args.max_batch_sise: unknown key")
         for p in problems
     )
-    assert any("deployments[0].autoscaling_config: not a valid ray AutoscalingConfig" in p for p in problems)
+    assert any("deployments[1].autoscaling_config: not a valid ray AutoscalingConfig" in p for p in problems)
     del app["args"]["max_batch_sise"]
     service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
     assert any(

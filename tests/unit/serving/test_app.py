@@ -90,6 +90,65 @@ def test_deploy_config_validates_with_serve_schema_and_reads_the_task_from_the_m
     ]
 
 
+def test_serve_build_puts_the_deployment_options_in_the_deployments_section(tiny_checkpoint):
+    """Issue 13: autoscaling, the request limits and the resources are Serve's deployment options, where
+    an edit to autoscaling or max_ongoing_requests is a lightweight update; the args keep what the
+    replica's code reads, and rebuilding the app from them gives the options the section states."""
+    from ray.serve._private.config import DeploymentConfig
+
+    serve = ServeConfig()
+    (app,) = checked(
+        serve,
+        [
+            ServeAppConfig(
+                name="gpu",
+                checkpoint=str(tiny_checkpoint("text-classification")),
+                num_cpus=4,
+                num_gpus=1,
+                max_batch_size=8,
+                max_queued_requests=10,
+                autoscaling={"min_replicas": 2, "max_replicas": 6, "initial_replicas": 3},
+            )
+        ],
+    )
+    written = deploy_config(serve, [app])["applications"][0]
+    ServeDeploySchema.model_validate(deploy_config(serve, [app]))
+    (section,) = written["deployments"]
+    assert section["name"] == "Model"
+    assert section["ray_actor_options"] == {"num_cpus": 4.0, "num_gpus": 1.0}
+    scaling = section["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["initial_replicas"]) == (2, 6, 3)
+    # The replica admits 16 working + 10 queued; Serve sends 64 more, for the replica to answer 503 itself.
+    assert (section["max_ongoing_requests"], section["max_queued_requests"]) == (26 + 64, -1)
+    args = written["args"]
+    assert "autoscaling" not in args and "num_gpus" not in args
+    assert (args["num_cpus"], args["max_batch_size"], args["max_queued_requests"]) == (4.0, 8, 10)
+    # The code's own options for the same app are the section's (a `rayformers serve` deploy and a
+    # `serve deploy` of the file ask Serve for the same thing).
+    code: DeploymentConfig = model_deployment(build_app(app))._deployment_config
+    assert code.max_ongoing_requests == section["max_ongoing_requests"]
+    assert code.autoscaling_config.max_replicas == 6 and code.autoscaling_config.initial_replicas == 3
+    assert model_deployment(build_app(app)).ray_actor_options == section["ray_actor_options"]
+
+
+def test_a_replica_takes_its_gpus_from_what_ray_reserved(monkeypatch):
+    """A `deployments:` edit of ray_actor_options.num_gpus reaches the replica, whose args no longer say."""
+    import ray
+
+    from rayformers.serving.replica import reserved_gpus
+
+    assert not ray.is_initialized()
+    assert reserved_gpus(0.5) == 0.5  # outside Ray: as configured
+
+    class Context:
+        def get_assigned_resources(self):
+            return {"CPU": 4.0, "GPU": 1.0}
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context())
+    assert reserved_gpus(0.0) == 1.0
+
+
 def test_task_mismatch_missing_manifest_and_reserved_names_are_clear_errors(tiny_checkpoint, tmp_path):
     ner = str(tiny_checkpoint("token-classification"))
     with pytest.raises(CheckpointError, match="holds a 'token-classification' checkpoint"):
