@@ -16,6 +16,8 @@ __all__ = ["STOP_SIGNALS", "Interrupted", "Served", "block_stop_signals", "deplo
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 POLL_S = 0.5
+# How often a deploy that is still waiting for replicas says so.
+PROGRESS_S = 5.0
 """How often a deploy looks at its apps' status while they load, and so how soon it sees a stop signal."""
 
 
@@ -119,7 +121,7 @@ def deploy(
         # All apps start together (their replicas load in parallel). Serve's own wait for them cannot be
         # stopped but by shutting Serve down under it: this function waits itself, and takes the signals.
         serve.run_many(targets, wait_for_applications_running=False)
-        _wait_until_running([t.name for t in targets], pause)
+        _wait_until_running([t.name for t in targets], pause, progress)
     except BaseException:
         try:
             # An embedded Ray takes its Serve down with it; Serve's graceful shutdown would first wait
@@ -132,13 +134,20 @@ def deploy(
     return Served(session, urls, base)
 
 
-def _wait_until_running(names: list[str], pause: Callable[[float], None]) -> None:
+def _wait_until_running(
+    names: list[str],
+    pause: Callable[[float], None],
+    progress: Callable[[str], None] = print,
+    every_s: float = PROGRESS_S,
+) -> None:
     """Return once every app in `names` is RUNNING, as `serve.run` waits; an app whose deploy failed
-    raises Serve's own error. `pause(POLL_S)` between looks."""
+    raises Serve's own error. `pause(POLL_S)` between looks; every `every_s` seconds of waiting, a line
+    through `progress` says which apps are still loading (a replica waiting for resources can wait long)."""
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
     waiting = list(names)
+    started = last = time.monotonic()
     while True:
         statuses = serve.status().applications
         for name in list(waiting):
@@ -149,6 +158,18 @@ def _wait_until_running(names: list[str], pause: Callable[[float], None]) -> Non
                 raise RuntimeError(f"Deploying application {name} failed: {app.message}")
         if not waiting:
             return
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            running = len(names) - len(waiting)
+            loading = ", ".join(
+                f"{n} ({statuses[n].status.value.lower()})" if n in statuses else f"{n} (not started)"
+                for n in waiting
+            )
+            progress(
+                f"[rayformers] {running}/{len(names)} apps running after {now - started:.0f} s; "
+                f"waiting for {loading}"
+            )
         pause(POLL_S)
 
 

@@ -105,12 +105,12 @@ def run_quickstart(workdir: Path, *, port: int = 8000, keep_serving: bool = Fals
             f"evaluation on the validation split: {json.dumps(metrics)}; checkpoint: {result.best_checkpoint}",
         )
         app = ServeAppConfig(name="sentiment", checkpoint=result.best_checkpoint, num_cpus=0.5)
-        # --keep-serving holds the stop signals: the deploy takes them, or Ctrl-C waits for its end.
-        served = deploy(
-            cfg.serve, checked(cfg.serve, [app]), cfg.cluster, progress=lambda _: None, stoppable=keep_serving
-        )
+        _say(4, "serving the checkpoint with Ray Serve")
+        # --keep-serving holds the stop signals: the deploy takes them, or Ctrl-C waits for its end. The
+        # deploy says what it deploys, then every few seconds which replicas it still waits for.
+        served = deploy(cfg.serve, checked(cfg.serve, [app]), cfg.cluster, stoppable=keep_serving)
         url = served.urls["sentiment"]
-        _say(4, f"serving the checkpoint with Ray Serve at {url}")
+        print(f"    serving at {url}", flush=True)
         try:
             answers = _post(f"{url}/predict", {"inputs": REVIEWS})
             _say(5, "answers over HTTP:")
@@ -120,13 +120,16 @@ def run_quickstart(workdir: Path, *, port: int = 8000, keep_serving: bool = Fals
             print(
                 f"\nTry it yourself:\n    curl -s -X POST {url}/predict -H 'content-type: application/json' -d '{body}'"
             )
-            print(f"\nquickstart finished in {time.monotonic() - started:.0f} s", flush=True)
         except BaseException:
             served.shutdown()
             raise
         if keep_serving:
             serve_until_stopped(served)
         else:
+            print("\nshutting down Serve and Ray ...", flush=True)
             served.shutdown()
         session.close()
+    # Said once Ray is down: the lines its processes log while they stop (forwarded to this terminal
+    # until `ray.shutdown` returns) come before it, never after.
+    print(f"quickstart finished in {time.monotonic() - started:.0f} s", flush=True)
     return {"metrics": metrics, "answers": answers, "checkpoint": result.best_checkpoint}

@@ -86,3 +86,34 @@ def test_the_cli_exits_with_128_plus_the_signal_that_stopped_a_deploy(
     assert asked == {"stoppable": True}
     assert code == 143
     assert "interrupted: SIGTERM stopped the deploy before every app was running" in capsys.readouterr().err
+
+
+def test_a_deploy_that_waits_for_replicas_says_which_every_few_seconds(monkeypatch) -> None:
+    """Issue 13: a deploy is never silent while it waits; every `every_s` it names the apps still loading,
+    with their status, and it stops saying so once all are running."""
+    from types import SimpleNamespace
+
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    looks = iter(
+        [{"a": ApplicationStatus.DEPLOYING}] * 3
+        + [{"a": ApplicationStatus.RUNNING, "b": ApplicationStatus.DEPLOYING}] * 3
+        + [{"a": ApplicationStatus.RUNNING, "b": ApplicationStatus.RUNNING}]
+    )
+    monkeypatch.setattr(
+        serve,
+        "status",
+        lambda: SimpleNamespace(
+            applications={n: SimpleNamespace(status=s, message="") for n, s in next(looks).items()}
+        ),
+    )
+    clock = iter(range(100))
+    monkeypatch.setattr(server.time, "monotonic", lambda: float(next(clock)))
+    lines: list[str] = []
+    server._wait_until_running(["a", "b"], lambda _s: None, lines.append, every_s=2)
+    assert lines == [
+        "[rayformers] 0/2 apps running after 2 s; waiting for a (deploying), b (not started)",
+        "[rayformers] 1/2 apps running after 4 s; waiting for b (deploying)",
+        "[rayformers] 1/2 apps running after 6 s; waiting for b (deploying)",
+    ]
