@@ -53,16 +53,29 @@ def _take_stop_signal(wait_s: float) -> None:
 class Served:
     """Deployed apps: their URLs, and how to take them down."""
 
-    def __init__(self, session: Any, urls: dict[str, str], base: str) -> None:
+    def __init__(
+        self, session: Any, urls: dict[str, str], base: str, names: list[str], others: frozenset[str]
+    ) -> None:
         self.session, self.urls, self.base = session, urls, base
+        self.names, self.others = names, others
 
     def shutdown(self) -> None:
-        from ray import serve
-
         try:
-            serve.shutdown()
+            take_down(self.names, self.others)
         finally:
             self.session.close()
+
+
+def take_down(names: list[str], others: frozenset[str]) -> None:
+    """Remove the apps `names` this process deployed. A Serve that also runs `others` (apps deployed by
+    someone else on a joined cluster) keeps running, with them; a Serve of ours alone shuts down."""
+    from ray import serve
+
+    if not others:
+        serve.shutdown()
+        return
+    for name in names:
+        serve.delete(name)
 
 
 def _base_url(host: str, port: int) -> str:
@@ -103,9 +116,13 @@ def deploy(
     # in one thread while another shuts Ray down ends in SystemExit(0) or in Ray's hard exit.
     pause: Callable[[float], None] = _take_stop_signal if stoppable else time.sleep
     session = connect(cluster)  # a signal during Ray's start is held, and taken just below
+    names = [app["name"] for app in config["applications"]]
+    others: frozenset[str] = frozenset()
     try:
         pause(0)
         serve.start(http_options=config["http_options"], proxy_location=config["proxy_location"])
+        # Apps already on a joined cluster's Serve are not ours to take down with ours.
+        others = frozenset(serve.status().applications) - set(names)
         pause(0)
         base = _base_url(serve_cfg.host, serve_cfg.port)
         urls, targets = {}, []
@@ -127,11 +144,11 @@ def deploy(
             # An embedded Ray takes its Serve down with it; Serve's graceful shutdown would first wait
             # out the grace period (20 s) of every replica still waiting to be placed.
             if not (session.owned and session.address is None):
-                serve.shutdown()
+                take_down(names, others)
         finally:
             session.close()
         raise
-    return Served(session, urls, base)
+    return Served(session, urls, base, names, others)
 
 
 def _wait_until_running(

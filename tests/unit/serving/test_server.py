@@ -117,3 +117,20 @@ def test_a_deploy_that_waits_for_replicas_says_which_every_few_seconds(monkeypat
         "[rayformers] 1/2 apps running after 4 s; waiting for b (deploying)",
         "[rayformers] 1/2 apps running after 6 s; waiting for b (deploying)",
     ]
+
+
+def test_taking_down_a_deploy_on_a_shared_serve_removes_only_its_own_apps(monkeypatch) -> None:
+    """On a joined cluster whose Serve runs other apps, stopping (or a failed deploy) deletes this
+    deploy's apps and leaves Serve and the others up; a Serve of its own apps alone shuts down."""
+    from ray import serve
+
+    calls: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(serve, "delete", lambda name, *a, **k: calls.append(("delete", name)))
+    monkeypatch.setattr(serve, "shutdown", lambda *a, **k: calls.append(("shutdown", None)))
+    closed: list[bool] = []
+    session = type("Session", (), {"close": lambda self: closed.append(True)})()
+    server.Served(session, {}, "http://x", ["reviews", "gateway"], frozenset({"theirs"})).shutdown()
+    assert calls == [("delete", "reviews"), ("delete", "gateway")] and closed == [True]
+    calls.clear()
+    server.Served(session, {}, "http://x", ["reviews", "gateway"], frozenset()).shutdown()
+    assert calls == [("shutdown", None)]
