@@ -18,6 +18,7 @@ from typing import Any
 from rayformers.config import api_key_problems
 from rayformers.serving.args import HttpArgs
 from rayformers.serving.errors import ServingError
+from rayformers.serving.page import PUBLIC_FILES
 
 __all__ = ["API_KEYS_ENV", "ApiKeys", "env_keys", "resolve_keys"]
 
@@ -77,8 +78,12 @@ class ApiKeys:
 
 
 def is_open(path: str, open_routes: list[str]) -> bool:
-    """Whether `path` is one of the routes left open: exact, or under a prefix ending in `*`, which ends at
-    a path segment: `/sentiment*` opens `/sentiment` and `/sentiment/...`, never `/sentiment-internal/...`."""
+    """Whether `path` is answered without a key: the playground page's static files (they hold no data, and
+    a browser fetches them before it has a key; every call the page makes needs one), or one of the routes
+    the config left open: exact, or under a prefix ending in `*`, which ends at a path segment:
+    `/sentiment*` opens `/sentiment` and `/sentiment/...`, never `/sentiment-internal/...`."""
+    if path in PUBLIC_FILES:
+        return True
     return any(_under(path, r[:-1]) if r.endswith("*") else path == r for r in open_routes)
 
 

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 GATEWAY = "gateway"
-_RESERVED = (GATEWAY, "v1", "docs", "openapi.json", "-")
+_RESERVED = (GATEWAY, "apps", "v1", "docs", "openapi.json", "-")
 
 
 def task_of(args: AppArgs) -> str:

@@ -1,5 +1,7 @@
-"""The gateway app at `/`: an index of the served apps, OpenAI-compatible routes under `/v1`, and a JSON
-404 for any path no app owns (Ray Serve's own answer there is plain text).
+"""The gateway app at `/`: an index of the served apps (JSON for API clients, the playground page for a
+browser: `rayformers.serving.page`), the same index with each app's task, labels and metrics at `/apps`,
+OpenAI-compatible routes under `/v1`, and a JSON 404 for any path no app owns (Ray Serve's own answer there
+is plain text).
 
 OpenAI `model` names pick the app (`sentiment`) or one of its LoRA adapters (`sentiment/legal`); the
 gateway calls the app's model deployment directly, through the same batching as `/{app}/predict`. A route
@@ -8,6 +10,7 @@ completions and chat, `embed` for embeddings, `rerank` for `/v1/rerank`), never 
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations.
+import asyncio
 import base64
 import json
 import logging
@@ -27,13 +30,17 @@ from rayformers.serving.access import resolve_keys
 from rayformers.serving.args import GatewayApp, GatewayArgs
 from rayformers.serving.errors import InputError, OverloadedError, TooManyTokensError, UnknownAdapterError
 from rayformers.serving.ingress import RETRY_AFTER_S, call_model, overloaded, reply_error
+from rayformers.serving.page import install_page
 from rayformers.serving.replica import ModelFailure
 from rayformers.serving.responses import ApiError, check_input_count, install, request_id
 from rayformers.tasks import get_task
 
-__all__ = ["gateway_deployment", "stream_error"]
+__all__ = ["app_index", "described_index", "gateway_deployment", "stream_error"]
 
 logger = logging.getLogger("ray.serve")
+
+INFO_TIMEOUT_S = 10.0
+"""How long `/apps` waits for one app's `info` before it lists that app as unavailable."""
 
 
 def stream_error(err: Exception) -> dict[str, Any]:
@@ -77,6 +84,50 @@ def _model_ids(apps: list[GatewayApp]) -> list[str]:
     return [i for a in apps for i in [a.name, *(f"{a.name}/{x}" for x in a.adapters)]]
 
 
+def app_index(apps: list[GatewayApp], base: str) -> dict[str, Any]:
+    """`GET /` for API clients: each app's routes, and where the OpenAI routes are."""
+    return {"apps": [_routes(a, base) for a in apps], "openai": f"{base}/v1"}
+
+
+def described_index(apps: list[GatewayApp], base: str, infos: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """`GET /apps`: the index, each app with what its task can do, how the playground page asks for it,
+    and its replica's `/info` (labels, base model, metrics from the manifest), or `available: false`
+    where `infos` has None (no replica answered)."""
+    return {
+        "apps": [_described(a, base, info) for a, info in zip(apps, infos, strict=True)],
+        "openai": f"{base}/v1",
+    }
+
+
+def _routes(app: GatewayApp, base: str) -> dict[str, Any]:
+    return {
+        "name": app.name,
+        "task": app.task,
+        "adapters": app.adapters,
+        "predict": f"{base}/{app.name}/predict",
+        "info": f"{base}/{app.name}/info",
+        "docs": f"{base}/{app.name}/docs",
+    }
+
+
+_INFO_SHOWN = ("labels", "base_model", "method", "metrics", "max_length", "pooling")
+
+
+def _described(app: GatewayApp, base: str, info: dict[str, Any] | None) -> dict[str, Any]:
+    task = get_task(app.task)
+    described = {
+        **_routes(app, base),
+        "summary": task.summary,
+        "capabilities": sorted(task.capabilities),
+        "playground": task.playground.as_json(),
+        "max_inputs_per_request": app.max_inputs_per_request,
+        "available": info is not None,
+    }
+    if info is not None:
+        described.update({k: info.get(k) for k in _INFO_SHOWN})
+    return described
+
+
 def gateway_deployment(args: GatewayArgs) -> Any:
     app = FastAPI(
         title="rayformers",
@@ -84,6 +135,7 @@ def gateway_deployment(args: GatewayArgs) -> Any:
         version="1",
     )
     install(app, args.http)
+    install_page(app)
     apps = {a.name: a for a in args.apps}
 
     def capable(app: GatewayApp, capability: str) -> bool:
@@ -119,23 +171,30 @@ def gateway_deployment(args: GatewayArgs) -> Any:
         def _handle(self, name: str) -> Any:
             return serve.get_deployment_handle("Model", app_name=name)
 
-        @app.get("/", summary="The served apps and their routes.")
+        async def _info(self, name: str) -> dict[str, Any] | None:
+            """The app's `/info` (what its checkpoint's manifest says), or None when no replica answers in
+            time: the index still lists the app, and the rest of the apps."""
+            response = None
+            try:
+                response = self._handle(name).info.remote()
+                return dict(await asyncio.wait_for(response, INFO_TIMEOUT_S))
+            except Exception as err:  # a missing, failing or slow app: listed as unavailable
+                if response is not None:
+                    response.cancel()
+                logger.warning("/apps: app %r did not answer info (%s)", name, type(err).__name__)
+                return None
+
+        @app.get("/", summary="The served apps and their routes (a browser gets the playground page).")
         async def index(self, request: Request) -> dict[str, Any]:
+            return app_index(args.apps, str(request.base_url).rstrip("/"))
+
+        @app.get(
+            "/apps", summary="The served apps: routes, task, labels, metrics, and the playground's form."
+        )
+        async def apps_index(self, request: Request) -> dict[str, Any]:
             base = str(request.base_url).rstrip("/")
-            return {
-                "apps": [
-                    {
-                        "name": a.name,
-                        "task": a.task,
-                        "adapters": a.adapters,
-                        "predict": f"{base}/{a.name}/predict",
-                        "info": f"{base}/{a.name}/info",
-                        "docs": f"{base}/{a.name}/docs",
-                    }
-                    for a in args.apps
-                ],
-                "openai": f"{base}/v1",
-            }
+            infos = await asyncio.gather(*(self._info(a.name) for a in args.apps))
+            return described_index(args.apps, base, list(infos))
 
         @app.get("/v1/models", summary="OpenAI: the models (apps and adapters) served.")
         async def models(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
@@ -33,13 +34,40 @@ if TYPE_CHECKING:
     from rayformers.data.collate import PaddingCollator
     from rayformers.tasks.handler import Handler
 
-__all__ = ["Capability", "LabelKind", "Task"]
+__all__ = ["Capability", "LabelKind", "Playground", "PlaygroundForm", "PlaygroundResult", "Task"]
 
 LabelKind = Literal["sequence", "token", "none"]
 Capability = Literal["generate", "embed", "rerank"]
 """What a route may ask of a task: `generate` (OpenAI completions and chat: the handler continues a
 prompt, with usage and streaming), `embed` (OpenAI embeddings: one vector per text), `rerank` (`/v1/rerank`:
 `/predict` takes `{query, texts}` and answers `[{index, score}]`, best first)."""
+
+PlaygroundForm = Literal[
+    "text", "text-pair", "question-context", "text-labels", "query-documents", "prompt", "two-texts"
+]
+"""The playground page's form for one input: a text; a text and an optional second text (`{text, text_pair}`); a
+question and its context; a text and candidate labels; a query and documents (`{query, texts}`); a prompt with
+decoding parameters (`max_new_tokens`, `temperature`); two texts compared."""
+PlaygroundResult = Literal["labels", "fills", "entities", "answer", "text", "ranking", "embedding", "json"]
+"""How the page shows an answer: labels with score bars (`{label, score}`, a list of them, or `{labels, scores}`),
+filled-in sequences with score bars, entities highlighted in the text (`start`/`end` offsets), the answer span
+highlighted in its context, generated text, documents in ranked order, vectors (dimension, norm, cosine of
+two), or the JSON as it came."""
+
+
+@dataclass(frozen=True)
+class Playground:
+    """How the serving playground page (`GET /` in a browser) asks for one input of the task and shows its
+    answer. The page reads it from `GET /apps`, so it holds no table of task names."""
+
+    form: PlaygroundForm
+    result: PlaygroundResult
+    parameters: dict[str, Any] = field(default_factory=dict)
+    """Parameters the page sends with every request, for a fuller view than the task's defaults give (all
+    of a classifier's labels, not only the best)."""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class Task:
@@ -97,6 +125,8 @@ class Task:
     """How one input looks, for error messages."""
     handler: ClassVar[type[Handler]]
     """The serving handler class (a plain class; Ray Serve deployments wrap it)."""
+    playground: ClassVar[Playground] = Playground(form="text", result="json")
+    """The playground page's form and answer view; a task that sets none gets a text box and raw JSON."""
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

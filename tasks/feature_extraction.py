@@ -19,7 +19,7 @@ from pydantic import Field
 
 from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.checkpoint import pool
 from rayformers.tasks.evaluation import Evaluator, gather, rank_share
 from rayformers.tasks.handler import Handler
@@ -154,6 +154,7 @@ class FeatureExtraction(Task):
     pipeline_task = "feature-extraction"
     capabilities = frozenset({"embed"})
     Parameters = FeatureExtractionParameters
+    playground = Playground(form="two-texts", result="embedding")
     handler = FeatureExtractionHandler
     preprocess = staticmethod(tokenize_embedding_pairs)
     evaluator_class = EmbeddingEvaluator

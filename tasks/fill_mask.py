@@ -16,7 +16,7 @@ from pydantic import Field
 from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.data.rows import DataError
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.checkpoint import CheckpointError
 from rayformers.tasks.evaluation import LanguageModelEvaluator
 from rayformers.tasks.handler import Handler, InputError
@@ -153,6 +153,7 @@ class FillMask(Task):
     pipeline_task = "fill-mask"
     Parameters = FillMaskParameters
     input_hint = MASKED_TEXT_HINT
+    playground = Playground(form="text", result="fills")
     handler = FillMaskHandler
     preprocess = staticmethod(tokenize_language_modeling)
     evaluator_class = LanguageModelEvaluator

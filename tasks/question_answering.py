@@ -23,7 +23,7 @@ from pydantic import Field
 from rayformers.config import DataConfig
 from rayformers.data.preprocess import Columns, Mode, model_inputs
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import Evaluator
 from rayformers.tasks.handler import Handler, InputError, estimated_tokens, texts_of
 from rayformers.tasks.schemas import InputModel, ParametersModel
@@ -384,6 +384,7 @@ class QuestionAnswering(Task):
     Input = QuestionContext
     Parameters = QuestionAnsweringParameters
     input_hint = QUESTION_CONTEXT_HINT
+    playground = Playground(form="question-context", result="answer")
     handler = QuestionAnsweringHandler
     preprocess = staticmethod(tokenize_question_answering)
     evaluator_class = QuestionAnsweringEvaluator

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from rayformers.data.preprocess import IGNORE_INDEX, Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import SamplingParameters
@@ -136,6 +136,7 @@ class Seq2SeqTask(Task):
     auto_model = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
     Parameters = Seq2SeqParameters
+    playground = Playground(form="prompt", result="text")
     handler = Seq2SeqHandler
     preprocess = staticmethod(tokenize_seq2seq)
     evaluator_class = Seq2SeqEvaluator

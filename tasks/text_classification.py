@@ -15,7 +15,7 @@ from pydantic import Field
 
 from rayformers.data.preprocess import Columns, Mode, encode_inputs
 from rayformers.manifest import PreprocessSettings, label_key
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import InputModel, ParametersModel
@@ -197,6 +197,7 @@ class TextClassification(Task):
     Input = str | TextPair
     Parameters = ClassificationParameters
     input_hint = TEXT_OR_PAIR_HINT
+    playground = Playground(form="text-pair", result="labels", parameters={"top_k": None})
     handler = TextClassificationHandler
     preprocess = staticmethod(tokenize_classification)
     evaluator_class = ClassificationEvaluator

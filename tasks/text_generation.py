@@ -22,7 +22,7 @@ from pydantic import Field, PrivateAttr
 
 from rayformers.data.preprocess import Columns, Mode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import LanguageModelEvaluator
 from rayformers.tasks.handler import Handler, InputError
 from rayformers.tasks.schemas import MAX_NEW_TOKENS, SamplingParameters, StopString
@@ -455,6 +455,7 @@ class TextGeneration(Task):
     capabilities = frozenset({"generate"})
     causal_lm = True
     Parameters = GenerationParameters
+    playground = Playground(form="prompt", result="text")
     handler = TextGenerationHandler
     preprocess = staticmethod(tokenize_causal_lm)
     evaluator_class = CausalLanguageModelEvaluator

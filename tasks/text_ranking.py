@@ -33,7 +33,7 @@ from pydantic import Field
 from rayformers.data.preprocess import Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.data.rows import text_problem
 from rayformers.manifest import PreprocessSettings
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import Evaluator
 from rayformers.tasks.handler import Handler, estimated_tokens, texts_of
 from rayformers.tasks.schemas import InputModel, ParametersModel
@@ -288,6 +288,7 @@ class TextRanking(Task):
     Input = QueryTexts
     Parameters = RankingParameters
     input_hint = "{query, texts} with a non-empty query and 1 to 256 texts"
+    playground = Playground(form="query-documents", result="ranking")
     handler = TextRankingHandler
     preprocess = staticmethod(tokenize_ranking)
     evaluator_class = RankingEvaluator

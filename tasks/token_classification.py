@@ -22,7 +22,7 @@ from pydantic import Field
 
 from rayformers.data.preprocess import IGNORE_INDEX, Columns, Mode, encode, model_inputs, truncated_rows
 from rayformers.manifest import PreprocessSettings, label_key
-from rayformers.tasks.base import Task
+from rayformers.tasks.base import Playground, Task
 from rayformers.tasks.evaluation import PairEvaluator
 from rayformers.tasks.handler import Handler
 from rayformers.tasks.schemas import ParametersModel
@@ -291,6 +291,7 @@ class TokenClassification(Task):
     default_metric = "f1"
     pipeline_task = "token-classification"
     Parameters = TokenClassificationParameters
+    playground = Playground(form="text", result="entities")
     handler = TokenClassificationHandler
     preprocess = staticmethod(tokenize_token_classification)
     evaluator_class = TokenClassificationEvaluator

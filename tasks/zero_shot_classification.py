@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from rayformers.config import DataConfig
 from rayformers.data.rows import DataError
 from rayformers.manifest import PreprocessSettings
+from rayformers.tasks.base import Playground
 from rayformers.tasks.checkpoint import CheckpointError
 from rayformers.tasks.handler import Handler, InputError, estimated_tokens, texts_of
 from rayformers.tasks.schemas import TEXT_HINT, ParametersModel
@@ -156,6 +157,7 @@ class ZeroShotClassification(TextClassification):
     Input = str
     Parameters = ZeroShotParameters
     input_hint = TEXT_HINT
+    playground = Playground(form="text-labels", result="labels")
     handler = ZeroShotHandler
 
     def config_issues(self, data: DataConfig) -> list[ConfigIssue]:

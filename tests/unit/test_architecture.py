@@ -225,7 +225,13 @@ def test_every_package_folder_is_in_the_distribution():
         for package, folder in package_dirs(REPO).items()
         for path in folder.rglob("__init__.py")
     }
-    assert on_disk == listed
+    # Listed folders without code are data the wheel carries (the playground's page): no Python in them.
+    data_only = listed - on_disk
+    for name in data_only:
+        parent, _, leaf = name.rpartition(".")
+        folder = package_dirs(REPO)[parent] / leaf
+        assert folder.is_dir() and not list(folder.glob("*.py")), f"{name}: listed but not a package folder"
+    assert on_disk == listed - data_only
 
 
 # --- the checks can fail -----------------------------------------------------------------------------

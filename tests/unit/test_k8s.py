@@ -317,7 +317,11 @@ def test_serve_config_is_a_serve_deploy_schema_and_lands_verbatim_in_the_rayserv
     AutoscalingConfig(**model.autoscaling_config)
     gpus = model.ray_actor_options.num_gpus
     if name == "gpu-prod":
-        assert args.checkpoint.startswith("s3://") and gpus == 1 and model.autoscaling_config["max_replicas"] == 8
+        assert (
+            args.checkpoint.startswith("s3://")
+            and gpus == 1
+            and model.autoscaling_config["max_replicas"] == 8
+        )
     else:
         assert args.checkpoint == "/mnt/runs/text-classification-lora/best" and gpus == 0
     targets = ["base", "cpu-dev"] if name == "base" else ["gpu-prod"]
