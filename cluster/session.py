@@ -89,6 +89,9 @@ def connect(cluster: ClusterConfig) -> RaySession:
         kwargs.update(
             address="local", num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, include_dashboard=False
         )
+        if cluster.metrics_export_port is not None:
+            # Prometheus scrapes a fixed port; Ray's own choice is a free port, new at every start.
+            kwargs["_metrics_export_port"] = cluster.metrics_export_port
         spawned["RAY_ADDRESS"] = None
     else:
         kwargs["address"] = cluster.address

@@ -15,6 +15,7 @@ from rayformers.tasks import TASK_NAMES, TaskName
 
 __all__ = [
     "MIN_API_KEY_LENGTH",
+    "TRACKING_SCHEMES",
     "ClusterConfig",
     "DataConfig",
     "FromScratchConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "ServeAppConfig",
     "ServeConfig",
     "SourceConfig",
+    "TrackingConfig",
     "TrainConfig",
     "api_key_problems",
 ]
@@ -242,6 +244,45 @@ class ModelConfig(_Section):
         return self.revision if not self.tokenizer and self.name is not None else None
 
 
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+"""MLflow tracking URI schemes `train.tracking.mlflow` takes (the database ones need SQLAlchemy, which the
+full `mlflow` package brings and `mlflow-skinny` does not)."""
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking beside TensorBoard: MLflow, when `mlflow` names a tracking URI."""
+
+    mlflow: str | None = Field(
+        default=None,
+        description="MLflow tracking URI: 'http(s)://host:5000' (a tracking server), 'file:/abs/mlruns' (a "
+        "local store, works offline), 'sqlite:///mlflow.db', 'databricks'; null: no MLflow. Needs "
+        "`pip install 'rayformers[mlflow]'`.",
+    )
+    experiment: str | None = Field(
+        default=None, description="MLflow experiment (created if missing); unset: the run's name."
+    )
+    run_name: str | None = Field(default=None, description="MLflow run name; unset: the run's name.")
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Extra tags on the MLflow run (team, dataset version, ...)."
+    )
+
+    @field_validator("mlflow")
+    @classmethod
+    def _is_a_tracking_uri(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme = uri.partition(":")[0].lower()
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"{uri!r} is not an MLflow tracking URI; write 'http(s)://host:port' (a tracking server), "
+                "'file:/path/to/mlruns' (a local store), 'sqlite:///path/mlflow.db', a database URL "
+                "(postgresql://, mysql://, mssql://) or 'databricks'"
+            )
+        if scheme in ("http", "https") and not uri.partition("://")[2].strip("/"):
+            raise ValueError(f"{uri!r} names no host; write e.g. '{scheme}://mlflow.example.com:5000'")
+        return uri
+
+
 class TrainConfig(_Section):
     """The Ray Train run: workers, optimisation, evaluation, checkpoints."""
 
@@ -301,6 +342,10 @@ class TrainConfig(_Section):
     name: str | None = Field(
         default=None,
         description="Run name. Re-running with the same storage_path and name resumes the run.",
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment tracking beside TensorBoard: `tracking.mlflow` logs the run to MLflow.",
     )
 
     @property
@@ -540,6 +585,24 @@ class ClusterConfig(_Section):
     env_vars: dict[str, str] = Field(
         default_factory=dict, description="Environment variables set on every worker."
     )
+    metrics_export_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port where the embedded local Ray's metrics agent serves Prometheus metrics "
+        "(http://host:PORT/metrics); unset: a free port Ray picks. A joined cluster's nodes set theirs "
+        "with `ray start --metrics-export-port`.",
+    )
+
+    @model_validator(mode="after")
+    def _metrics_port_is_ours_to_set(self) -> ClusterConfig:
+        if self.metrics_export_port is not None and self.address is not None:
+            raise ValueError(
+                f"metrics_export_port ({self.metrics_export_port}) applies to an embedded local Ray only, and "
+                f"address is {self.address!r}: start that cluster's nodes with `ray start "
+                "--metrics-export-port=PORT` instead, and remove cluster.metrics_export_port"
+            )
+        return self
 
 
 class RunConfig(_Section):

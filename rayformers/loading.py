@@ -108,6 +108,14 @@ def _absolute(value: str | None, must_exist: bool = True) -> str | None:
     return os.path.abspath(value)
 
 
+def _file_uri(uri: str | None) -> str | None:
+    """A `file:` tracking URI with a relative path made absolute (`file:mlruns`, `file:./mlruns`): the
+    training workers that log to it run in other directories. Other URIs are left as they are."""
+    if uri is None or not uri.startswith("file:") or uri.startswith("file:/"):
+        return uri
+    return "file://" + os.path.abspath(uri.removeprefix("file:"))
+
+
 def absolutize(cfg: RunConfig) -> RunConfig:
     """Local relative paths made absolute against the current directory: Ray workers run elsewhere."""
     model = cfg.model
@@ -121,7 +129,14 @@ def absolutize(cfg: RunConfig) -> RunConfig:
             "from_scratch": scratch,
         }
     )
-    train = cfg.train.model_copy(update={"storage_path": _absolute(cfg.train.storage_path, must_exist=False)})
+    train = cfg.train.model_copy(
+        update={
+            "storage_path": _absolute(cfg.train.storage_path, must_exist=False),
+            "tracking": cfg.train.tracking.model_copy(
+                update={"mlflow": _file_uri(cfg.train.tracking.mlflow)}
+            ),
+        }
+    )
     data = cfg.data.model_copy(update={"tokenized": _absolute(cfg.data.tokenized)})
     return cfg.model_copy(update={"model": model, "train": train, "data": data})
 

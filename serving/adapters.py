@@ -19,7 +19,10 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rayformers.serving.metrics import ServingMetrics
 
 __all__ = ["AdapterSlot", "ResidentAdapters"]
 
@@ -43,8 +46,8 @@ class ResidentAdapters:
     """Loads, holds and removes a replica's extra adapters in `loaded` (a `LoadedModel`). Every method
     but `evicted` runs on the replica's event loop."""
 
-    def __init__(self, loaded: Any) -> None:
-        self.loaded = loaded
+    def __init__(self, loaded: Any, metrics: ServingMetrics | None = None) -> None:
+        self.loaded, self.metrics = loaded, metrics
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapters")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
@@ -64,6 +67,7 @@ class ResidentAdapters:
         self._dropped.pop(name, None)  # evicted, not yet removed: it stays, as Serve's entry again
         generation = self._generation
         loading = self._loop.run_in_executor(self._thread, self.loaded.add_adapter, name, directory)
+        loading.add_done_callback(self._count_load)  # a load whose request went away counts too
         try:
             await asyncio.shield(loading)
         except asyncio.CancelledError:
@@ -72,6 +76,10 @@ class ResidentAdapters:
             loading.add_done_callback(lambda _: self._drop(name, generation))
             raise
         return AdapterSlot(self, name, generation)
+
+    def _count_load(self, loading: asyncio.Future[None]) -> None:
+        if self.metrics is not None and not loading.cancelled() and loading.exception() is None:
+            self.metrics.adapter_loaded()
 
     @contextlib.contextmanager
     def held(self, name: str | None) -> Iterator[None]:
@@ -115,5 +123,7 @@ class ResidentAdapters:
         try:
             self.loaded.remove_adapter(name)
             self.removed += 1
+            if self.metrics is not None:
+                self.metrics.adapter_evicted()
         except Exception:  # a failed removal leaks one adapter's memory; it never fails a request
             logger.exception("removing the evicted adapter %r failed", name)

@@ -17,12 +17,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Batcher"]
+__all__ = ["BatchObserver", "Batcher"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class BatchObserver(Protocol):
+    """What a batcher reports as it goes (the app's metrics); it must not raise."""
+
+    def batch(self, size: int) -> None: ...
+
+    def queue_length(self, waiting: int) -> None: ...
 
 
 class Batcher(Generic[Item, Result]):
@@ -35,8 +43,11 @@ class Batcher(Generic[Item, Result]):
         wait_s: float = 0.0,
         cost: Callable[[Item], int] | None = None,
         budget: int | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.observer = observer
+        """Told each batch's size, and the queue's length whenever it grows or a batch leaves it."""
         self.cost, self.budget = cost, budget
         """A batch stops growing before its items' `cost` would pass `budget` (its first item always
         rides): the next item waits, first in line, for the next batch."""
@@ -65,6 +76,8 @@ class Batcher(Generic[Item, Result]):
         self._queue.put_nowait((item, future))
         self._in_flight += 1
         self._peak = max(self._peak, self._in_flight)
+        if self.observer is not None:
+            self.observer.queue_length(self.waiting)
         return await future
 
     def _cost(self, item: Item) -> int:
@@ -102,6 +115,9 @@ class Batcher(Generic[Item, Result]):
             self._peak = self._in_flight
             if not live:
                 continue
+            if self.observer is not None:
+                self.observer.batch(len(live))
+                self.observer.queue_length(self.waiting)
             try:
                 results = await self.run([item for item, _ in live])
             except Exception as err:  # every caller of the batch gets the error, and the loop goes on

@@ -34,6 +34,7 @@ from rayformers.serving.adapters import AdapterSlot, ResidentAdapters
 from rayformers.serving.args import AppArgs
 from rayformers.serving.batching import Batcher
 from rayformers.serving.errors import InputError, OverloadedError, TooManyTokensError, UnknownAdapterError
+from rayformers.serving.metrics import ServingMetrics, app_label
 from rayformers.tasks.handler import DEFAULT_CALL_TOKENS
 
 __all__ = [
@@ -136,7 +137,9 @@ class ModelReplica:
             merge_lora=self.args.merge_lora,
         )
         self.handler = build_handler(self.loaded, max_batch_tokens=self.args.max_batch_tokens)
-        self._adapters = ResidentAdapters(self.loaded)
+        # Labelled as the guard labels this app's requests: by its Serve application's name.
+        self._metrics = ServingMetrics(app_label(self.args.name))
+        self._adapters = ResidentAdapters(self.loaded, self._metrics)
         self._pool.submit(self.handler.warmup).result()
         self._failures = 0
         self._pending = 0
@@ -152,23 +155,8 @@ class ModelReplica:
             else self.args.batch_wait_timeout_s,
             cost=lambda request: request.tokens,
             budget=self._call_tokens,
+            observer=self._metrics,
         )
-        from ray.serve.metrics import Histogram
-
-        self._batch_sizes = Histogram(
-            "rayformers_batch_size",
-            description="Requests answered by one batched model call.",
-            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
-            tag_keys=("app",),
-        )
-        self._batch_tokens = Histogram(
-            "rayformers_batch_tokens",
-            description="Padded tokens the forwards of one batch held.",
-            boundaries=[64, 256, 1024, 4096, 16384, 65536],
-            tag_keys=("app",),
-        )
-        for metric in (self._batch_sizes, self._batch_tokens):
-            metric.set_default_tags({"app": self.args.name})
 
     def info(self) -> dict[str, Any]:
         """Task, labels, base model, metrics: what `GET /{app}/info` shows; where the checkpoint is
@@ -268,6 +256,7 @@ class ModelReplica:
         try:
             with self._adapters.held(adapter):  # an eviction meanwhile waits for this request's answer
                 if adapter and not await self._load(adapter):
+                    self._metrics.model_errors(1)
                     message = f"adapter {adapter!r} could not be loaded on this replica; its log says why"
                     return Reply(error=ReplyError(kind="model", message=message))
                 request = _Request(inputs=inputs, parameters=params, adapter=adapter, tokens=tokens)
@@ -287,7 +276,6 @@ class ModelReplica:
         return True
 
     async def _batched(self, requests: list[_Request]) -> list[Reply]:
-        self._batch_sizes.observe(len(requests))
         groups: dict[tuple[str | None, str], list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault((request.adapter, self.handler.forward_key(request.parameters)), []).append(i)
@@ -306,10 +294,10 @@ class ModelReplica:
                 for i, reply in zip(members, answered, strict=True):
                     replies[i] = reply.model_copy(update={"batch_size": len(requests)})
         if padded:
-            self._batch_tokens.observe(padded)
-        return [
-            r if r is not None else Reply(error=ReplyError(kind="model", message="lost")) for r in replies
-        ]
+            self._metrics.batch_tokens(padded)
+        lost = Reply(error=ReplyError(kind="model", message="lost"))
+        self._metrics.model_errors(replies.count(None))
+        return [r if r is not None else lost for r in replies]
 
     def _run_group(self, group: list[_Request], adapter: str | None) -> tuple[list[Reply], int]:
         """One handler call for requests that can share forwards; if it fails on input, each request is
@@ -327,6 +315,7 @@ class ModelReplica:
             return [replies[0] for replies, _ in alone], sum(tokens for _, tokens in alone)
         except Exception:  # a model failure: answer 500, keep serving, count it for health
             self._failures += 1
+            self._metrics.model_errors(len(group))
             logger.exception("model failure on %d requests", len(group))
             # What failed stays in the replica's log: clients learn that it failed, not its internals.
             failed = Reply(error=ReplyError(kind="model", message="the model failed on this request"))

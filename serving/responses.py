@@ -2,7 +2,8 @@
 that says what to fix, the field at fault where there is one, and the request id (on the OpenAI routes
 also OpenAI's `param` and `code`). Before a route sees a request, `install`'s guard checks its API key,
 refuses a body over the limit, holds the route to the request deadline, and answers any failure the
-routes left unanswered as a JSON 500 without internal detail."""
+routes left unanswered as a JSON 500 without internal detail. It also counts every request, with its
+route template, status and latency (`rayformers.serving.metrics`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from asyncio import FIRST_COMPLETED
 from typing import Any
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayformers.serving.access import full_path, is_open, resolve_keys
 from rayformers.serving.args import HttpArgs
+from rayformers.serving.metrics import CLIENT_GONE, ServingMetrics, app_label, route_label
 
 __all__ = ["OPENAI_PREFIX", "ApiError", "check_input_count", "error_response", "install", "request_id"]
 
@@ -139,17 +142,38 @@ class _Guard:
     """What every request passes before a route sees it, in this order: its API key (401), its body size
     (413), then the route under the request deadline (504), with any failure the routes did not answer
     turned into a JSON 500 without internal detail. A refused body is read to its end first, so the
-    client reads the answer instead of a reset connection."""
+    client reads the answer instead of a reset connection. Every request, however it was answered, is
+    counted once with its route template, status and latency."""
 
-    def __init__(self, app: Any, http: HttpArgs) -> None:
+    def __init__(self, app: Any, http: HttpArgs, router: Any = None) -> None:
         # Built in the replica's own process (Starlette builds its middleware on first use), so the keys
-        # are that process's: the config's and its RAYFORMERS_API_KEYS.
+        # are that process's: the config's and its RAYFORMERS_API_KEYS; and so is the app's name.
         self.app, self.http, self.keys = app, http, resolve_keys(http)
+        self.router = router
+        """The app's router: its routes name the requests the guard answers before routing."""
+        self.metrics = ServingMetrics(app_label("local"))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
+        status = CLIENT_GONE
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, sending)
+        finally:
+            # Once per request, whatever answered it (a route, an error handler, the guard itself).
+            routes = self.router.routes if self.router is not None else ()
+            self.metrics.request(route_label(scope, routes), status, time.perf_counter() - began)
+
+    async def _guard(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = full_path(scope)
         openai = _is_openai(path)
         headers = dict(scope.get("headers") or [])
@@ -303,8 +327,8 @@ def _replay(body: bytes, receive: Any) -> Any:
 
 
 def install(app: FastAPI, http: HttpArgs) -> None:
-    """JSON errors for validation, HTTP and API errors; API keys, the body limit, the deadline and a
-    JSON 500 for anything else (`_Guard`)."""
+    """JSON errors for validation, HTTP and API errors; API keys, the body limit, the deadline, a JSON
+    500 for anything else, and the request metrics (`_Guard`)."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -337,4 +361,4 @@ def install(app: FastAPI, http: HttpArgs) -> None:
             exc.status_code, kind, str(exc.detail), openai=_is_openai(full_path(request.scope))
         )
 
-    app.add_middleware(_Guard, http=http)
+    app.add_middleware(_Guard, http=http, router=app.router)

@@ -82,6 +82,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank == 0, 0, train.log_every_steps, run.train.storage_path, run.run_name, launched_at=cfg.launched_at
     )
     progress.stage("workers_started")
+    if rank == 0:
+        from rayformers.training.tracking import check_tracking
+
+        check_tracking(train.tracking, run.run_name)  # before the model loads: an unusable store fails now
     tokenizer = load_tokenizer(
         run.model.tokenizer_source,
         task.name,
@@ -203,6 +207,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
     progress.total = total_steps
+    if rank == 0 and train.tracking.mlflow is not None:
+        from rayformers.training.tracking import MlflowTracker, run_params
+
+        # A resumed run (or a restarted worker group) logs on into the MLflow run it began.
+        progress.tracker = MlflowTracker.open(
+            run,
+            cfg.run_dir,
+            run_params(run, total_steps, world),
+            resume_id=state.get("mlflow_run_id") if state is not None else None,
+        )
     progress.stage("model_ready")
     eval_every = train.eval_every_steps or steps_per_epoch
     model.train()
@@ -238,6 +252,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "history": history,
             "resumed_from": resumed_from,
             "timing": {**progress.timing(), "torch_threads": torch.get_num_threads()},
+            "mlflow_run_id": progress.tracker.run_id if progress.tracker is not None else None,
         }
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -282,64 +297,72 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ),
             )
 
-    for epoch in range(start_epoch, epochs):
-        skip = step - epoch * steps_per_epoch  # resumed mid-epoch: pass over the batches already trained on
-        batches = early if early is not None and epoch == 0 else epoch_batches(epoch)
-        micro = 0
-        optimizer.zero_grad(set_to_none=True)
-        done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
-        window_loss = torch.zeros((), device=device)
-        window_tokens = torch.zeros((), dtype=torch.long, device=device)
-        window_rows = 0
-        for batch in batches:
-            if micro >= micro_per_epoch or step >= total_steps:
-                break
-            if "first_batch" not in progress.stages:
-                progress.stage("first_batch")
-            micro += 1
-            if micro <= done_before:
-                continue
-            ends = accumulation.ends_step(micro)
-            weight = accumulation.weight(micro)
-            # Between a step's micro-batches DDP need not all-reduce: gradients sync on its last one.
-            quiet = model.no_sync() if not ends and hasattr(model, "no_sync") else contextlib.nullcontext()
-            with quiet:
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = task.loss(model, batch, settings)
-                scaler.scale(loss * weight).backward()
-            window_loss += loss.detach() * weight
-            window_rows += len(batch["input_ids"])
-            if "attention_mask" in batch:
-                window_tokens += batch["attention_mask"].sum()
-            if not ends:
-                continue
-            if train.max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+    try:
+        for epoch in range(start_epoch, epochs):
+            skip = (
+                step - epoch * steps_per_epoch
+            )  # resumed mid-epoch: pass over the batches already trained on
+            batches = early if early is not None and epoch == 0 else epoch_batches(epoch)
+            micro = 0
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            # The mean loss of the step's micro-batches and their tokens stay on the device: progress
-            # reads them on the steps that log, so a step waits for the host only there.
-            interval[0] += window_loss
-            interval[1] += 1
-            progress.step(
-                step,
-                epoch,
-                window_loss,
-                scheduler.get_last_lr()[0],
-                window_rows * world,
-                window_tokens * world,
-            )
-            window_loss.zero_()
-            window_tokens.zero_()
+            done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
+            window_loss = torch.zeros((), device=device)
+            window_tokens = torch.zeros((), dtype=torch.long, device=device)
             window_rows = 0
-            if step % eval_every == 0 or step == total_steps:
-                report(epoch if step % steps_per_epoch else epoch + 1)
-        if step >= total_steps:
-            break
+            for batch in batches:
+                if micro >= micro_per_epoch or step >= total_steps:
+                    break
+                if "first_batch" not in progress.stages:
+                    progress.stage("first_batch")
+                micro += 1
+                if micro <= done_before:
+                    continue
+                ends = accumulation.ends_step(micro)
+                weight = accumulation.weight(micro)
+                # Between a step's micro-batches DDP need not all-reduce: gradients sync on its last one.
+                quiet = (
+                    model.no_sync() if not ends and hasattr(model, "no_sync") else contextlib.nullcontext()
+                )
+                with quiet:
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        loss = task.loss(model, batch, settings)
+                    scaler.scale(loss * weight).backward()
+                window_loss += loss.detach() * weight
+                window_rows += len(batch["input_ids"])
+                if "attention_mask" in batch:
+                    window_tokens += batch["attention_mask"].sum()
+                if not ends:
+                    continue
+                if train.max_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                # The mean loss of the step's micro-batches and their tokens stay on the device: progress
+                # reads them on the steps that log, so a step waits for the host only there.
+                interval[0] += window_loss
+                interval[1] += 1
+                progress.step(
+                    step,
+                    epoch,
+                    window_loss,
+                    scheduler.get_last_lr()[0],
+                    window_rows * world,
+                    window_tokens * world,
+                )
+                window_loss.zero_()
+                window_tokens.zero_()
+                window_rows = 0
+                if step % eval_every == 0 or step == total_steps:
+                    report(epoch if step % steps_per_epoch else epoch + 1)
+            if step >= total_steps:
+                break
+    except BaseException:
+        progress.close(failed=True)
+        raise
     progress.close()
     if base_dir is not None:  # a full copy of the base, in this worker's temp folder
         shutil.rmtree(base_dir, ignore_errors=True)

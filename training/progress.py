@@ -1,13 +1,17 @@
-"""Progress lines, TensorBoard events and the run's timing, written by rank 0 only."""
+"""Progress lines, TensorBoard events (and MLflow metrics, when tracked) and the run's timing, written by
+rank 0 only."""
 
 from __future__ import annotations
 
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayformers.data.storage import Location
+
+if TYPE_CHECKING:
+    from rayformers.training.tracking import MlflowTracker
 
 __all__ = ["TIMED_STEPS", "Progress", "events_folder"]
 
@@ -24,8 +28,8 @@ def events_folder(run_dir: Location, now: datetime | None = None) -> Location:
 
 class Progress:
     """One line per logging interval (step, epoch, loss, learning rate, samples/s, tokens/s, ETA), the
-    same scalars plus evaluation metrics as TensorBoard events under `events_folder(<storage>/<name>)`,
-    and the run's timing: when each start-up stage ended and each optimizer step finished, in seconds
+    same scalars plus evaluation metrics as TensorBoard events under `events_folder(<storage>/<name>)`
+    and, when `tracker` is set, as MLflow metrics (`train/...` and `eval/...` alike), and the run's timing: when each start-up stage ended and each optimizer step finished, in seconds
     since `launched_at` (the wall clock when `rayformers train` started)."""
 
     def __init__(
@@ -48,6 +52,7 @@ class Progress:
         self.first_step: int | None = None
         self.writer: Any = None
         self.upload: Location | None = None
+        self.tracker: MlflowTracker | None = None
         if enabled:
             try:
                 from tensorboardX import SummaryWriter
@@ -101,16 +106,25 @@ class Progress:
             return
         loss = float(loss)
         if self.enabled:
-            if self.writer is not None:
-                self.writer.add_scalar("train/loss", loss, step)
-                self.writer.add_scalar("train/learning_rate", lr, step)
             now = time.monotonic()
             elapsed = max(now - self.window_started, 1e-9)
             per_step = (now - self.started) / max(step - self.first_step, 1)
             eta = per_step * (self.total - step)
+            samples_s, tokens_s = self.samples / elapsed, int(self.tokens) / elapsed
+            scalars = {
+                "train/loss": loss,
+                "train/learning_rate": lr,
+                "train/samples_per_s": samples_s,
+                "train/tokens_per_s": tokens_s,
+            }
+            if self.writer is not None:
+                for key, value in scalars.items():
+                    self.writer.add_scalar(key, value, step)
+            if self.tracker is not None:
+                self.tracker.log(step, scalars)
             print(
                 f"[rayformers] step {step}/{self.total} epoch {epoch} loss {loss:.4f} lr {lr:.2e} "
-                f"{self.samples / elapsed:.1f} samples/s {int(self.tokens) / elapsed:.0f} tokens/s eta {eta:.0f}s",
+                f"{samples_s:.1f} samples/s {tokens_s:.0f} tokens/s eta {eta:.0f}s",
                 flush=True,
             )
             self.window_started = now
@@ -131,10 +145,12 @@ class Progress:
             return
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("step", "epoch"))
         print(f"[rayformers] eval at step {step}: {shown}", flush=True)
+        scalars = {f"eval/{k}": v for k, v in metrics.items() if k not in ("step", "epoch")}
+        if self.tracker is not None:
+            self.tracker.log(step, scalars)
         if self.writer is not None:
-            for key, value in metrics.items():
-                if key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"eval/{key}", value, step)
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
             self.writer.flush()
             self._sync()
 
@@ -142,7 +158,11 @@ class Progress:
         if self.upload is not None and self.writer is not None:
             self.upload.upload(self.writer.logdir)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the event files and end the MLflow run (as failed, when training raised)."""
+        if self.tracker is not None:
+            self.tracker.close("FAILED" if failed else "FINISHED")
+            self.tracker = None
         if self.writer is not None:
             self.writer.close()
             self._sync()

@@ -30,6 +30,7 @@ from rayformers.tasks import get_task
 from rayformers.tasks.checkpoint import BEST, RUN_SUMMARY
 from rayformers.training.checkpoint import resume_point
 from rayformers.training.loop import LoopConfig, train_loop_per_worker
+from rayformers.training.tracking import record_outcome
 
 __all__ = [
     "ResourceError",
@@ -368,6 +369,8 @@ def _run(cfg: RunConfig) -> TrainResult:
     summary_path = run_dir / RUN_SUMMARY
     _write_whole(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
     _link_best(run_dir, best[0])
+    # Only the driver knows which checkpoint Ray kept as the best: its MLflow run learns it here.
+    record_outcome(cfg, str(run_dir), best[0], best[1])
     return TrainResult(best_checkpoint=best[0], best_metrics=best[1], summary_path=str(summary_path))
 
 

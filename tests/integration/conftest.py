@@ -16,6 +16,7 @@ def ray_cluster():
     from rayformers.config import ClusterConfig
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")  # metrics scraped in seconds, not 10+
     if ray.is_initialized():
         ray.shutdown()
     session = connect(ClusterConfig(num_cpus=2))

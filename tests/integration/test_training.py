@@ -24,9 +24,10 @@ def runs(tmp_path_factory, ray_cluster):
     storage = tmp_path_factory.mktemp("runs")
     results = {}
     for method in ("full", "lora"):
-        cfg = load_config(
-            REPO / f"configs/text-classification/{method}.yaml", [f"train.storage_path={storage}"]
-        )
+        overrides = [f"train.storage_path={storage}"]
+        if method == "full":  # the full run also logs to a local MLflow store
+            overrides.append(f"train.tracking.mlflow=file:{storage / 'mlruns'}")
+        cfg = load_config(REPO / f"configs/text-classification/{method}.yaml", overrides)
         results[method] = run_training(cfg)
     return results
 
@@ -56,6 +57,52 @@ def test_each_run_writes_its_tensorboard_events_to_a_folder_of_its_own(runs):
         attempts = [p for p in (Path(result.summary_path).parent / "tensorboard").iterdir()]
         assert len(attempts) == 1 and attempts[0].is_dir()
         assert list(attempts[0].glob("events.out.tfevents.*"))
+
+
+def test_the_tracked_run_reads_back_from_its_mlflow_store_as_its_summary_reports_it(runs, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when told
+    result = runs["full"]
+    summary = json.loads(Path(result.summary_path).read_text())
+    run_dir = Path(result.summary_path).parent
+    store = MlflowClient(tracking_uri=summary["config"]["train"]["tracking"]["mlflow"])
+    experiment = store.get_experiment_by_name(run_dir.name)  # named after the run
+    [tracked] = store.search_runs([experiment.experiment_id])
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == run_dir.name
+    assert Path(tracked.data.tags["rayformers.run_dir"]) == run_dir
+    train, params = summary["config"]["train"], tracked.data.params
+    assert params["task"] == "text-classification" and params["method"] == "full"
+    model = summary["config"]["model"]
+    assert params["model"] == (model["name"] or model["from_scratch"]["architecture"])
+    assert float(params["learning_rate"]) == train["learning_rate"]
+    assert int(params["batch_size"]) == train["batch_size"] and int(params["epochs"]) == train["epochs"]
+    assert int(params["num_workers"]) == train["num_workers"]
+
+    def logged(key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in store.get_metric_history(tracked.info.run_id, key)]
+
+    # Every evaluation the summary holds, at its step, with its value; no other.
+    evaluated = {key for entry in summary["history"] for key in entry if key not in ("step", "epoch")}
+    assert evaluated >= {"accuracy", "train_loss"}
+    for key in evaluated:
+        expected = [(int(h["step"]), h[key]) for h in summary["history"] if key in h]
+        got = logged(f"eval/{key}")
+        assert [step for step, _ in got] == [step for step, _ in expected], key
+        assert [value for _, value in got] == pytest.approx([value for _, value in expected]), key
+    last = int(summary["history"][-1]["step"])
+    for key in ("train/loss", "train/learning_rate", "train/samples_per_s", "train/tokens_per_s"):
+        points = logged(key)
+        assert points and points[-1][0] == last, key  # logged at the progress interval and the last step
+    assert all(loss > 0 for _, loss in logged("train/loss"))
+    # The driver's word on the best checkpoint, which only it knows, and that checkpoint's metrics.
+    assert tracked.data.tags["rayformers.best_checkpoint"] == summary["best_checkpoint"]
+    best = {
+        k: v
+        for k, v in summary["best_metrics"].items()
+        if isinstance(v, (int, float)) and k not in ("step", "epoch")
+    }
+    assert best and {k: tracked.data.metrics[f"best/{k}"] for k in best} == pytest.approx(best)
 
 
 def test_the_run_history_lists_the_runs_this_suite_just_made(runs):
