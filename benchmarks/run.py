@@ -1,7 +1,7 @@
 """`make bench`: rayformers against the servers a user would otherwise run, in one run, on this machine.
 
     python -m benchmarks.run                  # every benchmark
-    python -m benchmarks.run classifier       # one of: classifier, generation, embeddings, tokenization, training
+    python -m benchmarks.run classifier       # one of: classifier, generation, embeddings, tokenization, training, predict
     python -m benchmarks.run classifier --duration 10 --concurrency 1 32
 
 - classifier: a MiniLM-L6-size text classifier, one 5-120-word text per request, concurrency 1, 8, 32, 64:
@@ -186,12 +186,19 @@ def training(args: argparse.Namespace) -> dict[str, Any]:
     return bench.run(args)
 
 
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import predict as bench
+
+    return bench.run(args)
+
+
 BENCHMARKS = {
     "classifier": classifier,
     "generation": generation,
     "embeddings": embeddings,
     "tokenization": tokenization,
     "training": training,
+    "predict": predict,
 }
 
 

@@ -166,9 +166,11 @@ def _cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rayformers.cluster import connect
+    from rayformers.training.tracking import check_tracking
     from rayformers.training.trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
+    check_tracking(cfg.train.tracking, cfg.run_name)  # a missing MLflow or store fails before Ray starts
     with connect(cfg.cluster):
         result = run_training(cfg)
     print(f"best metrics: {json.dumps(result.best_metrics, default=str)}")
@@ -208,6 +210,102 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     Path(args.output).write_text(text + "\n", encoding="utf-8")
     print(text)
     print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _predict_target(args: argparse.Namespace) -> tuple[str, Any]:
+    """The checkpoint CONFIG_OR_CHECKPOINT names (a run config: its run's best checkpoint) and the run
+    config, if one was given."""
+    target = str(args.target)
+    if target.lower().endswith((".yaml", ".yml")):
+        cfg = load_config(target, args.overrides)
+        if args.checkpoint:
+            return args.checkpoint, cfg
+        return f"{cfg.train.storage_path.rstrip('/')}/{cfg.run_name}/best", cfg
+    if args.overrides:
+        raise ConfigError(
+            "rayformers predict",
+            [ConfigIssue("--set", "a checkpoint was given, not a run config", "drop --set, or give CONFIG")],
+        )
+    return target, None
+
+
+def _key_values(pairs: list[str], flag: str) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(
+                "rayformers predict",
+                [ConfigIssue(flag, f"{pair!r} is not TASK_COLUMN=YOUR_COLUMN", f"e.g. {flag} text=review")],
+            )
+        found[key] = value
+    return found
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from rayformers.cluster import connect
+    from rayformers.config import ClusterConfig, SourceConfig
+    from rayformers.serving.batch_inference import plan_prediction, run_prediction
+
+    checkpoint, cfg = _predict_target(args)
+    try:
+        parameters = json.loads(args.parameters) if args.parameters else {}
+    except ValueError as err:
+        raise ConfigError(
+            "rayformers predict",
+            [ConfigIssue("--parameters", f"not JSON ({err})", "give a JSON object, e.g. '{\"top_k\": 2}'")],
+        ) from None
+    if not isinstance(parameters, dict):
+        raise ConfigError(
+            "rayformers predict",
+            [
+                ConfigIssue(
+                    "--parameters", f"{args.parameters!r} is not a JSON object", "e.g. '{\"top_k\": 2}'"
+                )
+            ],
+        )
+    if args.input.startswith("hub:"):
+        source = SourceConfig(hub=args.input.removeprefix("hub:"), split=args.split, name=args.subset)
+    else:
+        source = SourceConfig(path=args.input, format=args.input_format, encoding=args.encoding)
+    # The run's own column names, then the command line's.
+    columns = {**(cfg.data.columns if cfg is not None else {}), **_key_values(args.columns, "--column")}
+    plan = plan_prediction(  # every check that needs no Ray, before it starts
+        checkpoint,
+        source,
+        args.output,
+        task=args.task,
+        columns=columns,
+        id_column=args.id_column,
+        parameters=parameters,
+        fmt=args.format,
+        rows_per_shard=args.rows_per_shard,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    reading = ", ".join(
+        f"{task}={column}" if task != column else task for task, column in plan.columns.items()
+    )
+    print(
+        f"predicting {plan.task} with {plan.checkpoint}: columns {reading}, ids "
+        f"{'from ' + repr(plan.id_column) if plan.id_column else 'by row position'} -> {args.output}",
+        file=sys.stderr,
+    )
+    with connect(cfg.cluster if cfg is not None else ClusterConfig()):
+        summary = run_prediction(plan, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    kept = f", {summary.shards_kept} kept from an earlier run" if summary.shards_kept else ""
+    rejected = f"; {summary.errors} rows rejected (see their `error` column)" if summary.errors else ""
+    print(
+        f"predicted {summary.rows} rows in {summary.seconds:.1f}s ({summary.rows_per_s:,.1f} rows/s on "
+        f"{summary.actors} actor{'s' if summary.actors != 1 else ''}): {summary.shards_written} shards "
+        f"written{kept}{rejected}",
+        file=sys.stderr,
+    )
+    print(summary.output)  # the last line on stdout: scripts read the output directory from here
     return 0
 
 
@@ -436,6 +534,84 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=32, help="Rows per evaluation batch.")
     evaluate.add_argument("--output", default="evaluation.json", help="Where to write the metrics (JSON).")
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = commands.add_parser(
+        "predict",
+        help="Batch inference with Ray Data: a checkpoint's serving outputs for every row, to Parquet/JSONL.",
+        description="Run a checkpoint's serving handler over every row of --input on a Ray Data actor pool "
+        "and write one row per input (id, input columns, output, error) as shards under --output. A re-run "
+        "with the same --output after a stopped run keeps its finished shards and predicts only the rest.",
+    )
+    predict.add_argument(
+        "target",
+        metavar="CONFIG_OR_CHECKPOINT",
+        help="A run config (its run's best checkpoint is used) or a checkpoint directory (local, s3://, gs://).",
+    )
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="Rows to predict: a file, glob, directory or cloud URI; or hub:DATASET.",
+    )
+    predict.add_argument(
+        "--output", required=True, help="Output directory (new, or a stopped run's to resume)."
+    )
+    predict.add_argument("--format", choices=["parquet", "jsonl"], default="parquet", help="Output format.")
+    predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    predict.add_argument(
+        "--checkpoint", default=None, help="With a CONFIG: this checkpoint, not the run's best."
+    )
+    predict.add_argument("--task", default=None, help="Task of a checkpoint without rayformers.json.")
+    predict.add_argument(
+        "--parameters",
+        default=None,
+        metavar="JSON",
+        help="Task parameters, as serving takes them: '{\"top_k\": 2}'.",
+    )
+    predict.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        default=[],
+        metavar="TASK_COLUMN=YOURS",
+        help="Read a task column from another column, e.g. --column text=review (repeatable).",
+    )
+    predict.add_argument(
+        "--id-column",
+        default=None,
+        help="The input's id column (default: 'id' if present, else row positions).",
+    )
+    predict.add_argument(
+        "--input-format",
+        choices=["auto", "csv", "json", "jsonl", "parquet", "text"],
+        default="auto",
+        help="Format of --input (default: from the extension).",
+    )
+    predict.add_argument("--encoding", default="utf-8", help="Text encoding of CSV, JSON(L) and text input.")
+    predict.add_argument("--split", default="train", help="With hub:DATASET: the split.")
+    predict.add_argument("--subset", default=None, help="With hub:DATASET: the configuration name.")
+    predict.add_argument("--batch-size", type=int, default=64, help="Rows per handler call (default 64).")
+    predict.add_argument(
+        "--concurrency", type=int, default=None, help="Model actors (default: as many as the resources fit)."
+    )
+    predict.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="CPUs per model actor (default: the cluster's CPUs, less a quarter for reading, shared).",
+    )
+    predict.add_argument(
+        "--num-gpus", type=float, default=0.0, help="GPUs per model actor (default 0; >0 runs on CUDA)."
+    )
+    predict.add_argument(
+        "--max-batch-tokens", type=int, default=None, help="Padded tokens per forward (default: by device)."
+    )
+    predict.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=10_000,
+        help="Rows per output file, the unit a resumed run keeps (default 10000).",
+    )
+    predict.set_defaults(run=_cmd_predict)
 
     runs = commands.add_parser("runs", help="The runs under a storage path: status, best metric, checkpoint.")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
