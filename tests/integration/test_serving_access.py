@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from rayformers.config import ClusterConfig, ServeAppConfig, ServeConfig
-from tests.integration.test_serving import _free_port
+from tests.integration.serving.examples import free_port as _free_port
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
