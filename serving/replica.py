@@ -103,9 +103,10 @@ def reserved_gpus(configured: float) -> float:
     config's `deployments:` section sets over the app's arguments; `configured` outside a Ray worker."""
     import ray
 
-    if not ray.is_initialized():
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.worker.mode != ray.WORKER_MODE:  # a driver has no reserved resources
         return configured
-    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return float(context.get_assigned_resources().get("GPU", 0.0))
 
 
 class ModelReplica:

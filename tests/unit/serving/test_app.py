@@ -141,6 +141,8 @@ def test_a_replica_takes_its_gpus_from_what_ray_reserved(monkeypatch):
     assert reserved_gpus(0.5) == 0.5  # outside Ray: as configured
 
     class Context:
+        worker = type("Worker", (), {"mode": ray.WORKER_MODE})()
+
         def get_assigned_resources(self):
             return {"CPU": 4.0, "GPU": 1.0}
 
