@@ -111,6 +111,7 @@ def deploy(
         for a in apps
     ]
     config = deploy_config(serve_cfg, apps)
+    by_name = {a.name: a for a in apps}
     # The signals are taken here, in the thread that deploys, not in a second one: an embedded Ray's
     # processes die with the thread that spawned them (their parent-death signal), and a Ray call waiting
     # in one thread while another shuts Ray down ends in SystemExit(0) or in Ray's hard exit.
@@ -131,7 +132,9 @@ def deploy(
                 target = build_gateway(GatewayArgs.model_validate(app["args"]))
             else:
                 progress(f"[rayformers] deploying {app['name']} from {app['args']['checkpoint']} ...")
-                target = build_app(AppArgs.model_validate(app["args"]))
+                # From the whole AppArgs: the config's `args` leave the deployment options (autoscaling,
+                # GPUs) to its `deployments:` entry, which only `serve deploy` applies.
+                target = build_app(by_name[app["name"]])
                 urls[app["name"]] = f"{base}{app['route_prefix']}"
             targets.append(serve.RunTarget(target, name=app["name"], route_prefix=app["route_prefix"]))
         pause(0)

@@ -194,3 +194,34 @@ def test_serve_build_holds_the_config_keys_but_never_the_environment_keys(tiny_c
     monkeypatch.delenv(API_KEYS_ENV)
     open_ = checked(ServeConfig(), [ServeAppConfig(name="ner", checkpoint=apps[0].checkpoint)])
     assert not open_[0].http.require_api_keys
+
+
+def test_serve_deploys_each_app_with_its_own_autoscaling_and_gpus(tiny_checkpoint, monkeypatch):
+    """`rayformers serve` builds its apps in process from the whole AppArgs: the deploy config's `args`
+    leave autoscaling and GPUs to its `deployments:` entry, which only `serve deploy` applies."""
+    from types import SimpleNamespace
+
+    from ray import serve as ray_serve
+
+    import rayformers.cluster
+    from rayformers.config import AutoscalingConfig, ClusterConfig
+    from rayformers.serving import server
+
+    args = AppArgs(
+        name="pair",
+        checkpoint=str(tiny_checkpoint("text-classification")),
+        autoscaling=AutoscalingConfig(min_replicas=2, max_replicas=3),
+        num_gpus=0.25,
+    )
+    deployed: list = []
+    session = SimpleNamespace(owned=True, address=None, close=lambda: None)
+    monkeypatch.setattr(rayformers.cluster, "connect", lambda cluster: session)
+    monkeypatch.setattr(ray_serve, "start", lambda **kwargs: None)
+    monkeypatch.setattr(ray_serve, "status", lambda: SimpleNamespace(applications={}))
+    monkeypatch.setattr(ray_serve, "run_many", lambda targets, **kwargs: deployed.extend(targets))
+    monkeypatch.setattr(server, "_wait_until_running", lambda *a, **k: None)
+    server.deploy(ServeConfig(port=8123), [args], ClusterConfig(), progress=lambda line: None)
+    model = model_deployment(next(t.target for t in deployed if t.name == "pair"))
+    assert model._deployment_config.autoscaling_config.min_replicas == 2
+    assert model._deployment_config.autoscaling_config.max_replicas == 3
+    assert model.ray_actor_options["num_gpus"] == 0.25
