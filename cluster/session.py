@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,13 +41,59 @@ class RaySession:
         import ray
 
         if self.owned and ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id() if self.address is None else None
             ray.shutdown()
+            if node_id is not None:
+                _stop_orphaned_haproxy(node_id)
 
     def __enter__(self) -> RaySession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# An embedded Ray's Serve takes HTTP through HAProxy straight to the app's replicas (Serve's direct
+# ingress), not through its Python proxy actor and a second hop to the replica: on 2 cores a one-client
+# request's p50 went from 49 ms to 37 ms (`python -m benchmarks.run classifier`). It is a Ray setting the
+# controller reads when it starts, so it applies to the Ray rayformers starts; a joined cluster keeps
+# what its operator chose. `cluster.env_vars: {RAY_SERVE_ENABLE_HA_PROXY: "0"}` (or the variable in the
+# environment) turns it off.
+HAPROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+# A stopping replica stays reachable for a draining period before it closes its port, 30 s by default so
+# that an external load balancer (an ALB) can deregister it; this node's own HAProxy drops it when it
+# reloads, at once. 30 s made every stop, downscale and `serve.shutdown` wait that long, and outlast
+# shutdown's own 30 s wait (a new deploy then met the old controller killing itself).
+_DRAIN = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+# HAProxy's stats page and Prometheus exporter bind fixed ports (8404, 9101) on every interface: a second
+# Ray on the machine (a test session's, a benchmark's, a forgotten server's) then fails to start Serve.
+_HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def _serve_ingress_env(cluster: ClusterConfig) -> dict[str, str]:
+    """HAProxy settings for an embedded Ray; what `cluster.env_vars` or the environment set wins."""
+    defaults = {HAPROXY: "1", _DRAIN: "2", **{name: str(_free_port()) for name in _HAPROXY_PORTS}}
+    return {name: cluster.env_vars.get(name, os.environ.get(name, value)) for name, value in defaults.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop_orphaned_haproxy(node_id: str) -> None:
+    """Serve's HAProxy runs as a child of an actor; when Ray shuts down without `serve.shutdown` first (a
+    deploy stopped by Ctrl-C, a failed start) the actor dies and HAProxy lives on, holding the port. Its
+    command line names its node's config folder, which is how this node's is told from any other's."""
+    marker = f"/haproxy-serve/{node_id}/"
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "haproxy" in command and marker in command:
+                os.kill(int(entry.name), signal.SIGTERM)
+        except (OSError, ValueError):  # gone meanwhile, or not ours to signal
+            continue
 
 
 def _env_vars(cluster: ClusterConfig) -> dict[str, str]:
@@ -93,6 +141,7 @@ def connect(cluster: ClusterConfig) -> RaySession:
             # Prometheus scrapes a fixed port; Ray's own choice is a free port, new at every start.
             kwargs["_metrics_export_port"] = cluster.metrics_export_port
         spawned["RAY_ADDRESS"] = None
+        spawned.update(_serve_ingress_env(cluster))
     else:
         kwargs["address"] = cluster.address
     with _environment(spawned):

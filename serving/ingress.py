@@ -1,7 +1,7 @@
 """The HTTP routes of one served app, on its model replicas: `POST /{app}/predict` and `GET /{app}/info`.
 
-One hop: Serve's proxy hands each request to a model replica, whose FastAPI app validates it, enforces
-the limits, answers it through the replica's batching and turns errors into HTTP statuses with JSON
+One hop: HAProxy (or, where a cluster runs it, Serve's proxy) hands each request to a model replica,
+whose FastAPI app validates it, enforces the limits, answers it through the replica's batching and turns errors into HTTP statuses with JSON
 bodies. The request schema is built from the task's own `Input` and `Parameters` (the very models its
 handler validates with), so the OpenAPI docs at `/{app}/docs` show exactly what the task takes. The
 gateway's OpenAI routes reach the same replicas through a deployment handle (`call_model`).

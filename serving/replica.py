@@ -2,7 +2,7 @@
 
 One replica loads one checkpoint, warms it up before it reports healthy, and answers
 `answer(inputs, parameters, adapter)`: from its own HTTP routes (`rayformers.serving.ingress`, one hop
-from Serve's proxy to the model) and, through `predict`, from the gateway's OpenAI routes. Calls are
+from HAProxy or Serve's proxy to the model) and, through `predict`, from the gateway's OpenAI routes. Calls are
 gathered into batches: a batch is whatever waited while the model worked (so an idle replica answers
 at once and a busy one batches: `rayformers.serving.batching`), split only by what changes the forward
 (the adapter, and parameters for tasks whose forward depends on them), and each group is one handler
