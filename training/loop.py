@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import tempfile
@@ -37,18 +36,6 @@ class LoopConfig(BaseModel):
     run_dir: str
     """The run's directory in storage (absolute, or a cloud URI): checkpoints land in it."""
     launched_at: float | None = None  # wall clock when `rayformers train` started: timing is measured from it
-
-
-def _precision(run: RunConfig) -> torch.dtype | None:
-    """The autocast dtype: off on CPU; bf16 where the GPU supports it, else fp16 (with a scaler)."""
-    train = run.train
-    if not train.use_gpu or train.mixed_precision == "no":
-        return None
-    if train.mixed_precision == "bf16" or (
-        train.mixed_precision == "auto" and torch.cuda.is_bf16_supported()
-    ):
-        return torch.bfloat16
-    return torch.float16
 
 
 def torch_threads(run: RunConfig) -> int | None:
@@ -129,6 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         write_checkpoint,
     )
     from rayformers.training.model import build_model, parameter_counts
+    from rayformers.training.optimization import Stepper, adamw, precision
 
     # A LoRA run over a base built from scratch, or for a task with labels, saves that base with every
     # checkpoint (rank 0 writes).
@@ -178,12 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": task.ddp_find_unused_parameters}
     )
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train.learning_rate,
-    )
+    optimizer = adamw(model, train, device)
     micro_per_epoch = max(1, cfg.train_rows // (world * train.batch_size))
     accumulation = GradientAccumulation(train.gradient_accumulation_steps, micro_per_epoch)
     steps_per_epoch = accumulation.steps_per_epoch
@@ -195,7 +178,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_warmup_steps=int(train.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    dtype = _precision(run)
+    dtype = precision(run)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     step, start_epoch, history, resumed_from = 0, 0, [], []
     if state is not None:
@@ -206,6 +189,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resumed_from = [*state.get("resumed_from", []), step]
         if rank == 0:
             print(f"[rayformers] resumed from step {step} (epoch {start_epoch})", flush=True)
+    stepper = Stepper(
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        accumulation,
+        device=device,
+        dtype=dtype,
+        max_grad_norm=train.max_grad_norm,
+    )
     progress.total = total_steps
     if rank == 0 and train.tracking.mlflow is not None:
         from rayformers.training.tracking import MlflowTracker, run_params
@@ -304,11 +297,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )  # resumed mid-epoch: pass over the batches already trained on
             batches = early if early is not None and epoch == 0 else epoch_batches(epoch)
             micro = 0
-            optimizer.zero_grad(set_to_none=True)
+            stepper.start_epoch()
             done_before = accumulation.micro_batches_before(skip) if skip > 0 else 0
-            window_loss = torch.zeros((), device=device)
-            window_tokens = torch.zeros((), dtype=torch.long, device=device)
-            window_rows = 0
             for batch in batches:
                 if micro >= micro_per_epoch or step >= total_steps:
                     break
@@ -317,45 +307,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 micro += 1
                 if micro <= done_before:
                     continue
-                ends = accumulation.ends_step(micro)
-                weight = accumulation.weight(micro)
-                # Between a step's micro-batches DDP need not all-reduce: gradients sync on its last one.
-                quiet = (
-                    model.no_sync() if not ends and hasattr(model, "no_sync") else contextlib.nullcontext()
-                )
-                with quiet:
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss = task.loss(model, batch, settings)
-                    scaler.scale(loss * weight).backward()
-                window_loss += loss.detach() * weight
-                window_rows += len(batch["input_ids"])
-                if "attention_mask" in batch:
-                    window_tokens += batch["attention_mask"].sum()
-                if not ends:
+                window = stepper.micro_batch(micro, batch, lambda b: task.loss(model, b, settings))
+                if window is None:
                     continue
-                if train.max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 # The mean loss of the step's micro-batches and their tokens stay on the device: progress
                 # reads them on the steps that log, so a step waits for the host only there.
-                interval[0] += window_loss
+                interval[0] += window.loss
                 interval[1] += 1
                 progress.step(
                     step,
                     epoch,
-                    window_loss,
+                    window.loss,
                     scheduler.get_last_lr()[0],
-                    window_rows * world,
-                    window_tokens * world,
+                    window.rows * world,
+                    window.tokens * world,
                 )
-                window_loss.zero_()
-                window_tokens.zero_()
-                window_rows = 0
                 if step % eval_every == 0 or step == total_steps:
                     report(epoch if step % steps_per_epoch else epoch + 1)
             if step >= total_steps:
