@@ -315,6 +315,13 @@ class TrainConfig(_Section):
         description="'auto': bf16 on GPUs that support it, else fp16 with a scaler on GPU, off on CPU.",
     )
     seed: int = Field(default=42, description="Seed for initialisation, dropout and data order.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `mixed_precision: no` as false: it means "no", as written.
+        return "no" if value is False else value
+
     eval_every_steps: int | None = Field(
         default=None, ge=1, description="Evaluate (and checkpoint) every N steps; null: once per epoch."
     )

@@ -97,6 +97,16 @@ def test_missing_sections_and_unknown_sections():
     assert "did you mean `model`" in next(i for i in issues if i.path == "modle").fix
 
 
+def test_a_bare_yaml_no_is_mixed_precision_no():
+    import yaml
+
+    train = yaml.safe_load("use_gpu: true\nmixed_precision: no\n")  # YAML 1.1 reads `no` as false
+    assert train["mixed_precision"] is False
+    assert validate_mapping({**MINIMAL, "train": train}).train.mixed_precision == "no"
+    issues = issues_of({**MINIMAL, "train": {"mixed_precision": True}})  # `yes` is not a precision
+    assert [i.path for i in issues] == ["train.mixed_precision"]
+
+
 def test_gpu_and_precision_settings():
     ok = validate_mapping(
         {**MINIMAL, "train": {"use_gpu": True, "mixed_precision": "bf16", "gpus_per_worker": 0.5}}
