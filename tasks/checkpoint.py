@@ -166,7 +166,9 @@ def load_model(
     root = Path(directory)
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     if manifest is None or manifest.method == "full":
-        model = _from_pretrained(task.auto_model_class(), str(root), **kwargs)
+        # A checkpoint this project wrote must give back every weight it saved: transformers only warns
+        # on missing keys and starts them random (a resumed run would train on, a server would answer).
+        model = _from_pretrained(task.auto_model_class(), str(root), strict=manifest is not None, **kwargs)
         return model if trainable else model.eval()
     if manifest.base_model == BASE_MODEL_DIR or (root / BASE_MODEL_DIR).is_dir():
         # Its own base (built from scratch, or a hub base saved with the run's labels).
@@ -175,9 +177,9 @@ def load_model(
                 f"LoRA checkpoint {root} names base_model '{BASE_MODEL_DIR}' but has no "
                 f"{root / BASE_MODEL_DIR} directory"
             )
-        source = str(root / BASE_MODEL_DIR)
+        source, strict = str(root / BASE_MODEL_DIR), True
     else:
-        source = manifest.base_model
+        source, strict = manifest.base_model, False  # a hub base: its head may be another's
         if manifest.base_revision is not None:
             kwargs["revision"] = manifest.base_revision
     # A hub base has its own (or no) label map, and maybe a head of another size: the adapter carries
@@ -185,7 +187,7 @@ def load_model(
     labels = task.model_kwargs(manifest.preprocessing)
     if labels:
         kwargs["ignore_mismatched_sizes"] = True
-    base = _from_pretrained(task.auto_model_class(), source, **kwargs, **labels)
+    base = _from_pretrained(task.auto_model_class(), source, strict=strict, **kwargs, **labels)
     if getattr(base.config, "pad_token_id", None) is None:
         # A decoder-only hub base names no pad token; training used its tokenizer's, saved here.
         from transformers import AutoTokenizer
@@ -204,13 +206,36 @@ def load_model(
     return model if trainable else model.eval()
 
 
-def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
+def _from_pretrained(auto: Any, source: str, *, strict: bool = False, **kwargs: Any) -> Any:
+    """`auto.from_pretrained(source)`; `strict`: a weight the model has and the files lack, one the files
+    have and the model lacks, or one of another shape is a `CheckpointError` naming them."""
     try:
-        return auto.from_pretrained(source, **kwargs)
+        loaded = auto.from_pretrained(source, output_loading_info=strict, **kwargs)
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"{source!r} could not be loaded as {auto.__name__}: {str(err).splitlines()[0]}"
         ) from None
+    if not strict:
+        return loaded
+    model, info = loaded
+    problems = [
+        f"{what} {', '.join(sorted(keys)[:5])}{' ...' if len(keys) > 5 else ''}"
+        for what, keys in (
+            ("missing", set(info["missing_keys"])),
+            ("not in the model", set(info["unexpected_keys"])),
+            (
+                "of another shape",
+                {str(k[0]) if isinstance(k, tuple) else str(k) for k in info["mismatched_keys"]},
+            ),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not hold the weights of its {type(model).__name__} ({'; '.join(problems)}): "
+            "it was cut off, edited or written for another model; restore it from storage, or train again"
+        )
+    return model
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Literal["mean", "cls"]) -> torch.Tensor:

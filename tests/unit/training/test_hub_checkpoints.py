@@ -174,3 +174,30 @@ def test_a_sharded_moe_checkpoint_comes_back_with_every_weight(tmp_path):
     back = load_model(manifest, tmp_path, dtype=torch.float32, trainable=True).state_dict()
     saved = model.state_dict()
     assert set(back) == set(saved) and all(torch.equal(back[k], saved[k]) for k in saved)
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_naming_it(tmp_path):
+    """Finding 6/7: transformers only warns on a missing weight and starts it random; a checkpoint this
+    project wrote that lost one (a shard cut off, edited) must not resume or serve as if whole."""
+    from safetensors.torch import load_file, save_file
+
+    from rayformers.manifest import CheckpointManifest
+    from rayformers.tasks.checkpoint import CheckpointError, load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(SAMPLES / "wordpiece")
+    config = AutoConfig.for_model("bert", vocab_size=len(tokenizer), num_labels=2, **TINY["bert"])
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    task = get_task("text-classification")
+    manifest = CheckpointManifest(
+        task=task.name, method="full", base_model="bert", architecture="bert", auto_model=task.auto_model,
+        preprocessing=PreprocessSettings(task=task.name, max_length=32, labels=LabelMap(names=["a", "b"])),
+        data_fingerprint="x",
+    )  # fmt: skip
+    load_model(manifest, tmp_path)  # whole: loads
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["classifier.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing classifier\.weight"):
+        load_model(manifest, tmp_path, dtype=torch.float32, trainable=True)
+    # A plain Hugging Face folder (no manifest: a user's hub model) still loads as transformers does.
+    assert load_model(None, tmp_path, task=task) is not None
