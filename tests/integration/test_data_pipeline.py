@@ -261,15 +261,23 @@ def test_a_label_sorted_source_is_written_globally_shuffled(tmp_path, wordpiece_
     rows = [{"text": f"the cat sat {i}", "label": "a" if i < 300 else "b"} for i in range(600)]  # sorted
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     orders = {}
-    for shuffle in (True, False):
-        cfg = data_config(train, max_length=16, shuffle=shuffle)
-        out = tmp_path / f"out-{shuffle}"
+    for name, shuffle, seed in (
+        ("shuffled", True, 42),
+        ("again", True, 42),
+        ("seed 7", True, 7),
+        ("off", False, 42),
+    ):
+        cfg = data_config(train, max_length=16, shuffle=shuffle, seed=seed)
+        out = tmp_path / f"out-{name}"
         write_tokenized(build_tokenized(cfg, "text-classification", str(wordpiece_dir)), cfg, out)
         files = sorted((out / "train").glob("*.parquet"))
-        orders[shuffle] = [
+        orders[name] = [
             int(x) for f in files for x in pq.read_table(f, columns=["labels"])["labels"].to_pylist()
         ]
-    assert sorted(orders[True]) == sorted(orders[False]) == [0] * 300 + [1] * 300
-    assert orders[False] == [0] * 300 + [1] * 300  # unshuffled: the source's order
-    first = orders[True][:64]  # the first batch a worker would read
+    assert sorted(orders["shuffled"]) == sorted(orders["off"]) == [0] * 300 + [1] * 300
+    assert orders["off"] == [0] * 300 + [1] * 300  # unshuffled: the source's order
+    # data.seed is the shuffle's seed: the same seed writes the same order, another seed another one.
+    assert orders["again"] == orders["shuffled"]
+    assert orders["seed 7"] != orders["shuffled"] and sorted(orders["seed 7"]) == sorted(orders["shuffled"])
+    first = orders["shuffled"][:64]  # the first batch a worker would read
     assert 16 <= sum(first) <= 48  # both labels, near half each

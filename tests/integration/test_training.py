@@ -311,17 +311,18 @@ def _one_epoch_accuracy(tmp_path: Path, rows: list[dict], name: str, *overrides:
 
 
 def test_a_label_sorted_training_file_trains_as_well_as_shuffled_rows(tmp_path):
-    """One worker (two would see both halves of a sorted file at once and average them away); the control
-    without the global shuffle shows what a label-sorted source (IMDB is one) did before: one class. The
-    sorted file must come within 0.03 of the 0.9 that the shipped rows reach (a third run, of the rows in
-    their own order, used to measure that here; it cost CI half a minute)."""
+    """One worker (two would see both halves of a sorted file at once and average them away): the same
+    1-epoch run on the rows sorted by label and on them in their shipped (shuffled) order. The control
+    without the global shuffle shows what a label-sorted source (IMDB is one) did before: one class."""
     rows = [
         json.loads(line) for line in (REPO / "data/samples/sentiment/train.jsonl").read_text().splitlines()
     ]
     by_label = sorted(rows, key=lambda r: r["label"])
+    shuffled = _one_epoch_accuracy(tmp_path, rows, "shuffled", "train.num_workers=1")
     sorted_rows = _one_epoch_accuracy(tmp_path, by_label, "sorted", "train.num_workers=1")
     unshuffled = _one_epoch_accuracy(
         tmp_path, by_label, "unshuffled", "train.num_workers=1", "data.shuffle=false"
     )
-    assert sorted_rows >= 0.87, sorted_rows
+    assert shuffled >= 0.85, shuffled  # the task is learnable in one epoch
+    assert sorted_rows >= shuffled - 0.03, (sorted_rows, shuffled)
     assert unshuffled <= 0.7, unshuffled  # the control: without the shuffle the run learns one class
