@@ -77,11 +77,23 @@ def build(directory: Path, *names: str, method: str = "full") -> tuple[torch.nn.
     return build_model(model_cfg, task, tokenizer, settings, seed=0), tokenizer
 
 
-def test_a_bf16_checkpoint_trains_with_float32_weights(tmp_path):
-    directory = hub_checkpoint(tmp_path, "bert", dtype=torch.bfloat16)
-    assert AutoModelForSequenceClassification.from_pretrained(directory).dtype == torch.bfloat16  # as saved
-    model, _ = build(directory, "negative", "positive")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_a_half_precision_checkpoint_trains_with_float32_weights(tmp_path, dtype):
+    """Finding 1: transformers 5 loads a checkpoint in its saved dtype; AdamW on bf16 weights has no fp32
+    master copy, and fp16 weights under `mixed_precision: fp16` fail in the scaler's unscale_."""
+    directory = hub_checkpoint(tmp_path, "bert", dtype=dtype)
+    assert AutoModelForSequenceClassification.from_pretrained(directory).dtype == dtype  # as saved
+    model, tokenizer = build(directory, "negative", "positive")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # The fp16 recipe's step (a loss scaler; CPU's here, CUDA's is the same code): unscale_ refuses fp16
+    # gradients, so it would have raised on the weights as saved.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    batch = tokenizer(["a good one", "a bad one"], padding=True, return_tensors="pt")
+    scaler.scale(model(**batch, labels=torch.tensor([1, 0])).loss).backward()
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2"])
