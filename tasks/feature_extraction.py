@@ -64,25 +64,26 @@ def tokenize_embedding_pairs(
     return out
 
 
-def recall_at_1(
-    anchors: np.ndarray, positives: np.ndarray, *, chunk: int = 1024, share: tuple[int, int] = (0, 1)
-) -> dict[str, float]:
-    """How often each anchor's nearest positive (cosine) is its own pair, over the whole split. The
-    similarities are taken `chunk` anchors at a time (memory chunk x N, never N x N: 50k rows would be
-    10 GB); with `share=(rank, world)` a rank scores only its share of the anchors and the hits are summed
-    over ranks, so each rank does 1/world of the work."""
-    if len(anchors) == 0:
-        return {"recall_at_1": 0.0}
+def recall_hits(anchors: np.ndarray, positives: np.ndarray, *, offset: int = 0, chunk: int = 1024) -> int:
+    """How many `anchors` have their own pair as their nearest positive (cosine) among all `positives`:
+    anchor i's pair is `positives[offset + i]`. The similarities are taken `chunk` anchors at a time
+    (memory chunk x N, never N x N: 50k rows would be 10 GB)."""
+    if len(anchors) == 0 or len(positives) == 0:
+        return 0
     a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True).clip(1e-12)
     p = positives / np.linalg.norm(positives, axis=1, keepdims=True).clip(1e-12)
-    rank, world = share
-    mine = np.arange(rank, len(a), world)
     hits = 0
-    for start in range(0, len(mine), chunk):
-        rows = mine[start : start + chunk]
-        hits += int(((a[rows] @ p.T).argmax(axis=1) == rows).sum())
-    total = sum(gather([hits])) if world > 1 else hits
-    return {"recall_at_1": total / len(a)}
+    for start in range(0, len(a), chunk):
+        own = np.arange(offset + start, offset + min(start + chunk, len(a)))
+        hits += int(((a[start : start + chunk] @ p.T).argmax(axis=1) == own).sum())
+    return hits
+
+
+def recall_at_1(anchors: np.ndarray, positives: np.ndarray, *, chunk: int = 1024) -> dict[str, float]:
+    """How often each anchor's nearest positive (cosine) is its own pair, over one process's split."""
+    return {
+        "recall_at_1": recall_hits(anchors, positives, chunk=chunk) / len(anchors) if len(anchors) else 0.0
+    }
 
 
 def embed_pair(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,16 +96,27 @@ def embed_pair(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torc
 
 
 class EmbeddingEvaluator(Evaluator):
-    """Each text's and its positive's embedding; recall@1 of retrieving the positive among all of them."""
+    """Each text's and its positive's embedding; recall@1 of retrieving the positive among all of the
+    split's. Only the positives cross ranks (every rank needs them all as candidates); each rank scores
+    its own anchors against them, and the hits are summed."""
 
     def add(self, model: Any, batch: Mapping[str, Any], collated: Mapping[str, Any]) -> None:
         a, p = embed_pair(model, batch)
-        self.rows.extend(zip(a.float().cpu().numpy(), p.float().cpu().numpy(), strict=True))
+        self.rows.append((a.float().cpu().numpy(), p.float().cpu().numpy()))
 
-    def score(self, rows: list[Any]) -> dict[str, float]:
-        if not rows:
+    def result(self) -> dict[str, float]:
+        anchors = np.concatenate([a for a, _ in self.rows]) if self.rows else None
+        mine = np.concatenate([p for _, p in self.rows]) if self.rows else None
+        parts = gather([mine])  # every rank's positives, in rank order
+        rank, world = rank_share()
+        offset = sum(len(p) for p in parts[:rank] if p is not None)
+        present = [p for p in parts if p is not None]
+        if not present:
             return {"recall_at_1": 0.0}
-        return recall_at_1(np.stack([a for a, _ in rows]), np.stack([p for _, p in rows]), share=rank_share())
+        positives = np.concatenate(present)
+        hits = recall_hits(anchors, positives, offset=offset) if anchors is not None else 0
+        total = sum(gather([hits])) if world > 1 else hits
+        return {"recall_at_1": total / len(positives)}
 
 
 class FeatureExtractionHandler(Handler):

@@ -67,19 +67,75 @@ def test_default_pooling_comes_from_the_manifest(handler):
     assert handler.loaded.manifest.pooling == "mean" and handler.default_pooling == "mean"
 
 
-def test_recall_at_1_is_taken_in_chunks_and_shares_without_an_n_by_n_matrix():
+def _pairs(n: int = 101):
     import numpy as np
 
-    from rayformers.tasks.feature_extraction import recall_at_1
-
     rng = np.random.default_rng(0)
-    anchors = rng.normal(size=(101, 8)).astype(np.float32)
+    anchors = rng.normal(size=(n, 8)).astype(np.float32)
     positives = anchors + rng.normal(scale=1.2, size=anchors.shape).astype(np.float32)
     a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
     p = positives / np.linalg.norm(positives, axis=1, keepdims=True)
-    expected = float(((a @ p.T).argmax(axis=1) == np.arange(101)).mean())
+    return anchors, positives, float(((a @ p.T).argmax(axis=1) == np.arange(n)).mean())
+
+
+def test_recall_at_1_is_taken_in_chunks_without_an_n_by_n_matrix():
+    from rayformers.tasks.feature_extraction import recall_at_1, recall_hits
+
+    anchors, positives, expected = _pairs()
     assert 0.1 < expected < 0.95  # neither trivial nor hopeless
     assert recall_at_1(anchors, positives, chunk=7)["recall_at_1"] == pytest.approx(expected)
-    # Each of 3 ranks scores its share: the shares' hits add up to the whole split's.
-    shares = [recall_at_1(anchors, positives, chunk=5, share=(r, 3))["recall_at_1"] for r in range(3)]
-    assert sum(shares) == pytest.approx(expected)
+    # A rank's own anchors (rows 40..69) against every positive: their pairs sit at the rank's offset.
+    whole = round(expected * len(anchors))
+    parts = [(0, 40), (40, 70), (70, 101)]
+    assert sum(recall_hits(anchors[a:b], positives, offset=a, chunk=5) for a, b in parts) == whole
+
+
+def test_embedding_evaluation_sends_only_positives_across_ranks_and_scores_the_whole_split(monkeypatch):
+    """Three ranks in threads, with a gather that meets all three: each scores its own anchors, only the
+    positives are gathered, and every rank reports the whole split's recall@1."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from rayformers.tasks import feature_extraction as fe
+
+    anchors, positives, expected = _pairs()
+    shares = [(0, 30), (30, 31), (31, 101)]  # uneven, one rank with a single row
+    local = threading.local()
+    barrier = threading.Barrier(3)
+    slots: list = [None] * 3
+    sent: list = []
+
+    def gather(items):
+        slots[local.rank] = items
+        sent.append(items)
+        barrier.wait()
+        out = [x for part in slots for x in part]
+        barrier.wait()
+        return out
+
+    monkeypatch.setattr(fe, "gather", gather)
+    monkeypatch.setattr(fe, "rank_share", lambda: (local.rank, 3))
+    monkeypatch.setattr(fe, "embed_pair", lambda model, batch: (batch["a"], batch["p"]))
+    results = [None] * 3
+
+    def rank(r: int) -> None:
+        local.rank = r
+        evaluator = fe.EmbeddingEvaluator(fe.TASK, None, None, None)
+        a, b = shares[r]
+        for start in range(a, b, 16):  # batches of up to 16 rows
+            end = min(start + 16, b)
+            batch = {"a": torch.from_numpy(anchors[start:end]), "p": torch.from_numpy(positives[start:end])}
+            evaluator.add(None, batch, batch)
+        results[r] = evaluator.result()["recall_at_1"]
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [pytest.approx(expected)] * 3
+    arrays = [x for items in sent for x in items if isinstance(x, np.ndarray)]
+    assert sum(len(x) for x in arrays) == len(positives)  # each positive sent once; no anchor sent
+    assert all(any(np.array_equal(x, positives[a:b]) for a, b in shares) for x in arrays)
